@@ -1,0 +1,151 @@
+"""The GALR block: locally recurrent inside segments, globally attentive across them."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from galr_jax.models.norms import GlobalLayerNorm
+from galr_jax.models.recurrent import BiLSTM
+
+_POSITION_BASE = 10000.0  # the standard Transformer positional-encoding base
+
+
+def sinusoidal_positions(num_positions: int, features: int) -> np.ndarray:
+    """Standard positional encoding: feature 2i = sin(s / base^(2i/D)), 2i+1 = cos(same).
+
+    Returns:
+      ``[num_positions, features]`` float32 (computed at trace time: shapes are static).
+    """
+    positions = np.arange(num_positions, dtype=np.float64)[:, None]
+    rates = _POSITION_BASE ** (-np.arange(0, features, 2, dtype=np.float64) / features)
+    table = np.zeros((num_positions, features), dtype=np.float64)
+    table[:, 0::2] = np.sin(positions * rates)
+    table[:, 1::2] = np.cos(positions * rates)
+    return table.astype(np.float32)
+
+
+class LocallyRecurrent(nn.Module):
+    """Intra-segment BiLSTM -> Linear 2H->D -> gLN -> residual.
+
+    Also DPRNN's intra-segment path (zero initial state). Run on the segment axis
+    swapped with the segment-length axis it is DPRNN's inter-segment path.
+
+    Attributes:
+      hidden: H.
+      learnable_initial_state: GALR learns h0/c0; DPRNN starts from zeros.
+      norm_eps: gLN epsilon.
+
+    Shape:
+      ``[batch, segments, K, D]`` -> same; the recurrence runs along axis 2.
+    """
+
+    hidden: int
+    norm_eps: float
+    learnable_initial_state: bool = True
+    unroll: int = 1
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        batch, segments, length, features = x.shape
+        sequences = x.reshape(batch * segments, length, features)
+        y = BiLSTM(self.hidden, self.learnable_initial_state, self.unroll, self.dtype,
+                   name="lstm")(sequences)
+        y = nn.Dense(features, dtype=self.dtype, name="proj")(y)
+        y = GlobalLayerNorm(self.norm_eps, name="norm")(y.reshape(x.shape))
+        return x + y
+
+
+class SegmentLengthMap(nn.Module):
+    """Linear map along the segment-length axis (K -> Q or Q -> K), shared over B, S, D.
+
+    Shape:
+      ``[batch, segments, length_in, D]`` -> ``[batch, segments, length_out, D]``.
+    """
+
+    length_out: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[2], self.length_out))
+        bias = self.param("bias", nn.initializers.zeros, (self.length_out,))
+        y = jnp.einsum("bskd,kq->bsqd", x.astype(self.dtype), kernel.astype(self.dtype))
+        return y + bias[None, None, :, None].astype(y.dtype)
+
+
+class GloballyAttentive(nn.Module):
+    """Multi-head self-attention across segments on a low-dimensional segment representation.
+
+    Steps (spec sec. 2): K->Q map; tokens = sequence over segments, one per (batch, q);
+    LayerNorm; + sinusoidal position of the segment; multi-head self-attention;
+    post-norm ``LayerNorm(r + Dropout(y))``; Q->K map; gLN; residual.
+
+    Attributes:
+      num_heads: attention heads (divide D).
+      low_dim: Q, or None to attend on all K positions of a segment.
+      dropout: on the attention weights and on the attention output.
+      attention_residual: r = attention input (standard) if True, r = y (author's code) if False.
+      norm_eps: epsilon of the LayerNorms and the gLN.
+
+    Shape:
+      ``[batch, segments, K, D]`` -> same.
+    """
+
+    num_heads: int
+    low_dim: Optional[int]
+    dropout: float
+    attention_residual: bool
+    norm_eps: float
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        batch, segments, length, features = x.shape
+        y = x
+        if self.low_dim is not None:
+            y = SegmentLengthMap(self.low_dim, self.dtype, name="to_low_dim")(y)
+        tokens = jnp.swapaxes(y, 1, 2)  # [batch, Q, segments, D]: attend along segments
+        tokens = nn.LayerNorm(epsilon=self.norm_eps, use_fast_variance=False, dtype=self.dtype,
+                              name="norm_in")(tokens)
+        tokens = tokens + sinusoidal_positions(segments, features).astype(tokens.dtype)
+        attended = nn.MultiHeadDotProductAttention(
+            num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.dropout,
+            deterministic=not train, name="attention")(tokens, tokens)
+        residual = tokens if self.attention_residual else attended
+        dropped = nn.Dropout(self.dropout, deterministic=not train)(attended)
+        tokens = nn.LayerNorm(epsilon=self.norm_eps, use_fast_variance=False, dtype=self.dtype,
+                              name="norm_out")(residual + dropped)
+        y = jnp.swapaxes(tokens, 1, 2)  # [batch, segments, Q, D]
+        if self.low_dim is not None:
+            y = SegmentLengthMap(length, self.dtype, name="from_low_dim")(y)
+        return x + GlobalLayerNorm(self.norm_eps, name="norm")(y)
+
+
+class GALRBlock(nn.Module):
+    """One GALR block: :class:`LocallyRecurrent` then :class:`GloballyAttentive`.
+
+    Shape:
+      ``[batch, segments, K, D]`` -> same.
+    """
+
+    hidden: int
+    num_heads: int
+    low_dim: Optional[int]
+    dropout: float
+    attention_residual: bool
+    norm_eps: float
+    unroll: int = 1
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        x = LocallyRecurrent(self.hidden, self.norm_eps, True, self.unroll, self.dtype,
+                             name="locally_recurrent")(x)
+        return GloballyAttentive(self.num_heads, self.low_dim, self.dropout,
+                                 self.attention_residual, self.norm_eps, self.dtype,
+                                 name="globally_attentive")(x, train)
