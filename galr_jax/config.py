@@ -64,9 +64,11 @@ class DataConfig:
     crop_seconds: float = 4.0
     short_utterances: str = "pad"  # pad | drop
     bad_files: str = "skip"  # skip | error
-    dynamic_mixing: bool = False
-    num_workers: int = 2
-    prefetch: int = 4
+    stereo: str = "error"  # error | downmix (average the channels, with a warning)
+    dynamic_mixing: bool = False  # remix clean sources of different utterances on the fly
+    dynamic_mixing_gain_db: float = 2.5  # each remixed source gets a gain uniform in [-g, g] dB
+    num_workers: int = 2  # decoding threads; 0 decodes in the consumer's thread
+    prefetch: int = 4  # batches decoded ahead
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +91,7 @@ class TrainConfig:
     parallel: str = "pmap"  # pmap | shard_map
     max_consecutive_skips: int = 100
     log_every: int = 10
+    tensorboard: bool = True  # TensorBoard scalars besides metrics.jsonl
     eval_every: int = 500
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
@@ -122,6 +125,7 @@ _CHOICES = {
     "data.layout": ("wsj0-mix", "librimix"),
     "data.short_utterances": ("pad", "drop"),
     "data.bad_files": ("skip", "error"),
+    "data.stereo": ("error", "downmix"),
     "train.schedule": ("constant", "exponential", "plateau"),
     "train.parallel": ("pmap", "shard_map"),
 }
@@ -253,8 +257,16 @@ def validate(config: Config) -> Config:
             raise ConfigError(f"train.{name}: must be positive, got {getattr(t, name)}")
     if t.learning_rate <= 0:
         raise ConfigError(f"train.learning_rate: must be positive, got {t.learning_rate}")
-    if config.data.crop_seconds <= 0:
-        raise ConfigError(f"data.crop_seconds: must be positive, got {config.data.crop_seconds}")
+    d = config.data
+    if d.crop_seconds <= 0:
+        raise ConfigError(f"data.crop_seconds: must be positive, got {d.crop_seconds}")
+    if d.num_workers < 0:
+        raise ConfigError(f"data.num_workers: must be 0 or more, got {d.num_workers}")
+    if d.prefetch <= 0:
+        raise ConfigError(f"data.prefetch: must be positive, got {d.prefetch}")
+    if d.dynamic_mixing_gain_db < 0:
+        raise ConfigError(
+            f"data.dynamic_mixing_gain_db: must be 0 or more, got {d.dynamic_mixing_gain_db}")
     if config.eval.batch_size <= 0:
         raise ConfigError(f"eval.batch_size: must be positive, got {config.eval.batch_size}")
     if config.eval.chunk_overlap_seconds * 2 >= config.eval.chunk_seconds:
