@@ -113,9 +113,11 @@ class GloballyAttentive(nn.Module):
         tokens = nn.LayerNorm(epsilon=self.norm_eps, use_fast_variance=False, dtype=self.dtype,
                               name="norm_in")(tokens)
         tokens = tokens + sinusoidal_positions(segments, features).astype(tokens.dtype)
+        # broadcast_dropout=False: an independent dropout mask per sequence and head, as
+        # torch's MultiheadAttention (Flax's default shares one mask across the batch).
         attended = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.dropout,
-            deterministic=not train, name="attention")(tokens, tokens)
+            broadcast_dropout=False, deterministic=not train, name="attention")(tokens, tokens)
         residual = tokens if self.attention_residual else attended
         dropped = nn.Dropout(self.dropout, deterministic=not train)(attended)
         tokens = nn.LayerNorm(epsilon=self.norm_eps, use_fast_variance=False, dtype=self.dtype,

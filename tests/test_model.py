@@ -1,0 +1,222 @@
+"""Behaviour of the Flax model: shapes, jit caching, dropout, dtypes, remat, batch
+independence, parameter counts and config errors."""
+
+import dataclasses
+import functools
+import pathlib
+import re
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from galr_jax import ConfigError, build_model, load_config
+from galr_jax.config import config_from_dict
+from galr_jax.models import GloballyAttentive
+from galr_jax import summary
+from galr_jax.summary import count_params
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+SMALL_GALR = {"separator": "galr", "window": 16, "num_filters": 16, "features": 16,
+              "hidden": 8, "segment_length": 20, "low_dim": 4, "num_blocks": 2,
+              "num_heads": 4, "attention_dropout": 0.1}
+SMALL_DPRNN = {"separator": "dprnn", "window": 16, "num_filters": 16, "features": 8,
+               "hidden": 8, "segment_length": 20, "num_blocks": 2, "norm_eps": 1e-8}
+SMALL = {"galr": SMALL_GALR, "dprnn": SMALL_DPRNN}
+LENGTHS = (1, 2, 7, 8, 9, 799, 800, 801, 1234, 8000)
+RUN_LENGTHS = (1, 801)  # these also run for real; all are traced
+BFLOAT16_TOLERANCE = 5e-2  # rms(bf16 - f32) / rms(f32); measured 1.3e-2 (GALR), 2.2e-2 (DPRNN)
+
+
+def model_config(name, **changes):
+    return config_from_dict({"model": {**SMALL[name], **changes}}).model
+
+
+def random_mixture(batch, length, seed=0):
+    return np.random.default_rng(seed).standard_normal((batch, length)).astype(np.float32)
+
+
+# Compiling Flax's init costs more than a forward pass: do it once per model and share
+# the compiled forward pass between tests.
+@functools.lru_cache(maxsize=None)
+def initialised(name):
+    """(model, variables, jitted model.apply with a static ``train``) of a small model."""
+    model = build_model(model_config(name))
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 400)))
+    return model, variables, jax.jit(model.apply, static_argnames="train")
+
+
+def relative_error(actual, expected):
+    expected = np.asarray(expected)
+    return float(np.max(np.abs(np.asarray(actual) - expected)) / np.max(np.abs(expected)))
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_output_length_equals_input_length(name):
+    model, variables, separate = initialised(name)
+    for length in LENGTHS:
+        out = jax.eval_shape(model.apply, variables, jax.ShapeDtypeStruct((2, length), jnp.float32))
+        assert out.shape == (2, 2, length), length
+        assert out.dtype == jnp.float32
+    for length in RUN_LENGTHS:
+        out = separate(variables, random_mixture(2, length))
+        assert out.shape == (2, 2, length)
+        assert np.isfinite(np.asarray(out)).all()
+
+
+def test_jit_compiles_once_per_input_shape():
+    model, variables, _ = initialised("dprnn")
+    traced_shapes = []
+
+    @jax.jit
+    def separate(variables, mixture):
+        traced_shapes.append(mixture.shape)  # runs only while tracing
+        return model.apply(variables, mixture)
+
+    separate(variables, random_mixture(2, 500))
+    separate(variables, random_mixture(2, 500, seed=1))
+    assert traced_shapes == [(2, 500)] and separate._cache_size() == 1
+    separate(variables, random_mixture(2, 501))
+    separate(variables, random_mixture(2, 501, seed=1))
+    assert traced_shapes == [(2, 500), (2, 501)] and separate._cache_size() == 2
+
+
+def test_dropout_needs_train_and_an_explicit_rng():
+    _, variables, apply = initialised("galr")
+    mixture = random_mixture(2, 801)
+    evaluated = apply(variables, mixture)
+    key_a, key_b = jax.random.PRNGKey(1), jax.random.PRNGKey(2)
+    np.testing.assert_array_equal(apply(variables, mixture, rngs={"dropout": key_a}), evaluated)
+    with pytest.raises(flax.errors.InvalidRngError, match="dropout"):
+        apply(variables, mixture, train=True)
+    trained_a = apply(variables, mixture, train=True, rngs={"dropout": key_a})
+    np.testing.assert_array_equal(apply(variables, mixture, train=True, rngs={"dropout": key_a}),
+                                  trained_a)
+    trained_b = apply(variables, mixture, train=True, rngs={"dropout": key_b})
+    assert relative_error(trained_b, trained_a) > 1e-3
+    assert relative_error(trained_a, evaluated) > 1e-3
+
+
+def test_dprnn_has_no_dropout():
+    _, variables, apply = initialised("dprnn")
+    mixture = random_mixture(2, 801)
+    np.testing.assert_array_equal(apply(variables, mixture, train=True), apply(variables, mixture))
+
+
+def test_attention_dropout_masks_differ_between_sequences():
+    config = model_config("galr")
+    module = GloballyAttentive(num_heads=config.num_heads, low_dim=config.low_dim, dropout=0.5,
+                               attention_residual=True, norm_eps=config.norm_eps)
+    one = np.random.default_rng(0).standard_normal((1, 5, config.segment_length, config.features))
+    twins = jnp.asarray(np.concatenate([one, one]), jnp.float32)
+    variables = jax.jit(module.init)(jax.random.PRNGKey(0), twins)
+
+    def only_attention_weights_dropout(next_fun, args, kwargs, context):
+        if isinstance(context.module, nn.Dropout):  # the dropout on the attention output
+            return args[0]
+        return next_fun(*args, **kwargs)
+
+    @jax.jit
+    def train(variables, x, key):
+        with nn.intercept_methods(only_attention_weights_dropout):
+            return module.apply(variables, x, train=True, rngs={"dropout": key})
+
+    out = train(variables, twins, jax.random.PRNGKey(3))
+    assert relative_error(out[1], out[0]) > 1e-3  # one mask shared over the batch would tie them
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_bfloat16_compute_runs_close_to_float32(name):
+    model, variables, separate = initialised(name)
+    low = build_model(dataclasses.replace(model.config, compute_dtype="bfloat16"))
+    mixture = random_mixture(2, 801)
+    reference = np.asarray(separate(variables, mixture))
+    separated = jax.jit(low.apply)(variables, mixture)
+    assert separated.dtype == jnp.float32
+    assert np.isfinite(np.asarray(separated)).all()
+    error = np.sqrt(np.mean((np.asarray(separated) - reference) ** 2) / np.mean(reference ** 2))
+    assert 0 < error <= BFLOAT16_TOLERANCE, f"{name}: bf16 relative rms error {error:.3g}"
+
+
+def test_remat_gives_the_same_outputs_and_gradients():
+    # One block is enough (remat wraps every block alike); its weights are a subtree of the
+    # two-block model's, which saves compiling another init.
+    _, two_blocks, _ = initialised("galr")
+    variables = {"params": {k: v for k, v in two_blocks["params"].items() if k != "blocks_1"}}
+    model = build_model(model_config("galr", num_blocks=1))
+    remat = build_model(dataclasses.replace(model.config, remat=True))
+    mixture = random_mixture(2, 500)
+    weights = np.random.default_rng(1).standard_normal((2, 2, 500)).astype(np.float32)
+    assert (jax.tree.structure(jax.eval_shape(remat.init, jax.random.PRNGKey(0), mixture))
+            == jax.tree.structure(variables))
+
+    def value_and_grad(m):
+        def loss(v):
+            return jnp.sum(m.apply(v, mixture) * weights)
+        return jax.jit(jax.value_and_grad(loss))(variables)
+
+    loss_plain, grads_plain = value_and_grad(model)
+    loss_remat, grads_remat = value_and_grad(remat)
+    np.testing.assert_allclose(loss_remat, loss_plain, rtol=1e-5)  # fusions differ: rounding
+    # Absolute slack relative to the largest gradient: some gradients are zero in exact
+    # arithmetic (see ZERO_GRADIENTS in test_parity.py) and hold only rounding noise.
+    largest = max(np.max(np.abs(g)) for g in jax.tree.leaves(grads_plain))
+    for plain, rematerialised in zip(jax.tree.leaves(grads_plain), jax.tree.leaves(grads_remat)):
+        np.testing.assert_allclose(rematerialised, plain, rtol=1e-4, atol=1e-5 * largest)
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_examples_of_a_batch_do_not_interact(name):
+    _, variables, separate = initialised(name)
+    mixture = random_mixture(3, 801)
+    changed = mixture.copy()
+    changed[0] = 10 * random_mixture(1, 801, seed=5)[0]
+    changed[2] = 0
+    together, after_change = separate(variables, mixture), separate(variables, changed)
+    np.testing.assert_allclose(after_change[1], together[1], rtol=1e-5, atol=1e-6)
+    assert relative_error(after_change[0], together[0]) > 1e-2
+
+
+@pytest.mark.parametrize("name, torch_total", [
+    ("galr_1.5m.yaml", 1_461_145),
+    ("galr_2.3m.yaml", 2_328_601),
+    ("dprnn.yaml", 2_609_857),
+])
+def test_parameter_counts_match_the_spec(name, torch_total):
+    flax_total, torch_convention, rows = count_params(load_config(CONFIGS / name))
+    assert torch_convention == torch_total
+    lstms = 6 * (2 if name.startswith("dprnn") else 1)
+    assert flax_total == torch_total - lstms * 2 * 4 * 128  # one [2, 4H] bias less per BiLSTM
+    assert sum(r[1] for r in rows) == flax_total and sum(r[2] for r in rows) == torch_convention
+    names = [r[0] for r in rows]
+    assert names[0] == "encoder" and names[-2:] == ["mask_head", "decoder"]
+    parts = ("intra", "inter") if name.startswith("dprnn") else ("locally_recurrent",
+                                                                   "globally_attentive")
+    assert [n for n in names if n.startswith("blocks_5/")] == [f"blocks_5/{p}" for p in parts]
+
+
+def test_summary_cli_cross_checks_torch_and_prints_the_totals_last(capsys):
+    config = str(CONFIGS / "galr_1.5m.yaml")
+    assert summary.main(["--config", config, "--set", "model.num_filters=128",
+                         "--set", "model.features=128", "--torch"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split() == ["module", "params", "params_torch"]
+    assert lines[-3:] == ["torch_reference_params 2328601",
+                          "total_params_torch_convention 2328601", "total_params 2322457"]
+    assert summary.main(["--config", config, "--set", "model.num_heads=7"]) == 2
+    assert "model.num_heads" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["model.featurs=64"], "model.featurs"),
+    (["model.hidden=big"], "model.hidden"),
+    (["model.num_heads=5"], "model.num_heads"),
+    (["model.segment_length=99"], "model.segment_length"),
+    (["model.window=15"], "model.window"),
+])
+def test_config_errors_name_the_key(overrides, key):
+    with pytest.raises(ConfigError, match=rf"galr_1\.5m\.yaml: {re.escape(key)}\b"):
+        load_config(CONFIGS / "galr_1.5m.yaml", overrides)
