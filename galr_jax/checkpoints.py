@@ -171,3 +171,8 @@ def _first_difference(saved: Mapping[str, Any], given: Mapping[str, Any]) -> str
         if saved[key] != given.get(key):
             return f"model.{key} is {saved[key]!r} in the checkpoint, {given.get(key)!r} given"
     return "unknown difference"
+
+
+def parse_which(text: str) -> Union[str, int]:
+    """A command-line checkpoint choice: ``'best'``, ``'latest'`` or a step number."""
+    return int(text) if text.isdigit() else text

@@ -1,0 +1,120 @@
+"""The per-device train step, written once for every parallel backend.
+
+:func:`train_step` sees this device's rows of the global batch and the replicated
+state. It is compiled by :mod:`galr_jax.training.parallel` either with ``jax.pmap``
+or with ``jax.jit`` + ``jax.shard_map`` on a ``Mesh``; both name the device axis
+``DATA_AXIS``.
+
+Gradient averaging. Under ``shard_map`` (with its default ``check_vma``) the
+parameters enter as *device-invariant* values, and the transpose of their implicit
+broadcast to the per-device computation is a sum over devices: ``jax.grad`` would
+return the sum of the per-device gradients, and a ``pmean`` on top would be wrong by
+the device count. The step therefore marks the parameters as device-varying with
+``lax.pcast`` before differentiating, so ``jax.grad`` returns this device's own
+gradient under either backend, and exactly one ``pmean`` averages them.
+``tests/test_train_parallel.py`` checks the result against a single device.
+
+Dropout keys are derived from the global row index of each example, so one global
+batch gives the same update on any number of devices or hosts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from galr_jax import losses
+from galr_jax.models import SeparationModel
+from galr_jax.training.optim import LearningRateFn
+from galr_jax.training.state import TrainState
+
+DATA_AXIS = "data"
+
+Batch = Mapping[str, jax.Array]
+StepFn = Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]
+
+
+def _example_keys(state: TrainState, num_rows: int) -> jax.Array:
+    """One dropout key per example, from the step and the example's global row."""
+    first_row = lax.axis_index(DATA_AXIS) * num_rows
+    step_key = jax.random.fold_in(state.rng, state.step)
+    rows = first_row + jnp.arange(num_rows)
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(step_key, rows)
+
+
+def batch_loss(model: SeparationModel, params: Any, batch: Batch, keys: jax.Array) -> jax.Array:
+    """Mean PIT negative SI-SNR of this device's rows.
+
+    Args:
+      model: the separation model.
+      params: its ``params`` collection.
+      batch: ``mixture [b, T]``, ``sources [b, C, T]`` and optionally ``lengths [b]``
+        (valid samples; zero padding past them is ignored by the loss).
+      keys: ``[b, 2]`` dropout keys, one per example.
+
+    Returns:
+      Scalar float32 loss in dB (lower is better).
+    """
+    def separate(mixture, key):  # [T] -> [C, T]; vmapped so each row has its own key
+        return model.apply({"params": params}, mixture[None], train=True,
+                           rngs={"dropout": key})[0]
+
+    estimates = jax.vmap(separate)(batch["mixture"], keys)
+    loss, _ = losses.pit_neg_si_snr(estimates, batch["sources"], batch.get("lengths"))
+    return jnp.mean(loss)
+
+
+def train_step(state: TrainState, batch: Batch, lr_scale: jax.Array, *,
+               model: SeparationModel, optimizer: optax.GradientTransformation,
+               learning_rate_fn: LearningRateFn) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer step on this device's rows; call it under a ``DATA_AXIS`` mapping.
+
+    A non-finite loss or gradient norm (after averaging, so every device agrees)
+    leaves the parameters and optimizer state unchanged and counts the step as
+    skipped; the step counter advances either way, so the data moves on.
+
+    Args:
+      state: replicated train state.
+      batch: this device's rows, see :func:`batch_loss`.
+      lr_scale: float32 scalar multiplying the scheduled learning rate (plateau scale).
+      model, optimizer, learning_rate_fn: static parts, bound with ``functools.partial``.
+
+    Returns:
+      The new state and replicated float32/int32 scalars: ``loss``, ``grad_norm``,
+      ``learning_rate``, ``skipped`` (0/1), ``skipped_steps``, ``consecutive_skips``.
+    """
+    keys = _example_keys(state, batch["mixture"].shape[0])
+    params = lax.pcast(state.params, DATA_AXIS, to="varying")
+    loss, grads = jax.value_and_grad(lambda p: batch_loss(model, p, batch, keys))(params)
+    loss, grads = lax.pmean((loss, grads), DATA_AXIS)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    learning_rate = learning_rate_fn(state.step) * lr_scale
+    updated = optax.apply_updates(state.params, jax.tree.map(lambda u: -learning_rate * u, updates))
+
+    def keep_if_finite(new, old):
+        return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+    skipped = (~finite).astype(jnp.int32)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=keep_if_finite(updated, state.params),
+        opt_state=keep_if_finite(opt_state, state.opt_state),
+        skipped_steps=state.skipped_steps + skipped,
+        consecutive_skips=jnp.where(finite, 0, state.consecutive_skips + 1),
+    )
+    metrics = {
+        "loss": loss,
+        "grad_norm": grad_norm,
+        "learning_rate": jnp.asarray(learning_rate, jnp.float32),
+        "skipped": skipped,
+        "skipped_steps": new_state.skipped_steps,
+        "consecutive_skips": new_state.consecutive_skips,
+    }
+    return new_state, metrics

@@ -1,0 +1,109 @@
+"""The run folder: checked writable before any compile, with its config and versions.
+
+``WORKDIR/config.yaml`` holds the full config of the run (defaults included) and
+``WORKDIR/versions.json`` the software and devices it ran with. A second start with
+the same workdir resumes the run: its model section must equal the saved one (a clear
+error otherwise); other sections may change (for instance more ``train.num_steps``)
+and the differences are logged.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+from typing import Any
+
+import jax
+import yaml
+
+from galr_jax.config import Config, config_from_dict, config_to_dict, save_config
+from galr_jax.training.checkpointer import check_model_config
+
+CONFIG_FILE = "config.yaml"
+VERSIONS_FILE = "versions.json"
+_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "soundfile",
+             "tensorboardX", "galr-jax")
+_GIT_TIMEOUT_S = 5
+
+log = logging.getLogger(__name__)
+
+
+class WorkdirError(OSError):
+    """The workdir cannot be created or written; the message names it and the reason."""
+
+
+def _check_writable(workdir: str) -> None:
+    """Creates ``workdir`` and writes a probe file, so a full or read-only disk fails now."""
+    probe = os.path.join(workdir, f".write-probe-{os.getpid()}")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+        os.remove(probe)
+    except OSError as e:
+        reason = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
+                  errno.EACCES: "permission denied", errno.EDQUOT: "the disk quota is exceeded",
+                  errno.EFBIG: "the file size limit is exceeded"}.get(e.errno, e.strerror)
+        raise WorkdirError(e.errno, f"{workdir}: cannot write the run folder ({reason})") from e
+
+
+def software_versions() -> dict[str, Any]:
+    """Package versions, Python, platform, devices and (if available) the git commit."""
+    versions: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for package in _PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    versions["devices"] = f"{jax.device_count()} x {jax.devices()[0].device_kind}"
+    versions["processes"] = jax.process_count()
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        commit = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=_GIT_TIMEOUT_S)
+        if commit.returncode == 0:
+            versions["git_commit"] = commit.stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return versions
+
+
+def _changed_fields(old: dict, new: dict) -> list[str]:
+    return [f"{section}.{key}: {old[section].get(key)!r} -> {value!r}"
+            for section, fields in new.items() for key, value in fields.items()
+            if old.get(section, {}).get(key) != value]
+
+
+def prepare_workdir(workdir: str, config: Config) -> bool:
+    """Checks and fills the run folder; returns True if it belongs to an earlier run.
+
+    Raises:
+      WorkdirError: the folder cannot be created or written.
+      ConfigError: an earlier run in this folder used another model config.
+    """
+    workdir = os.path.abspath(workdir)
+    config_path = os.path.join(workdir, CONFIG_FILE)
+    resuming = os.path.exists(config_path)
+    if resuming:
+        with open(config_path) as f:
+            saved = yaml.safe_load(f) or {}
+        check_model_config(saved, config, config_path)
+        changes = _changed_fields(config_to_dict(config_from_dict(saved)), config_to_dict(config))
+        if changes:
+            log.warning("resuming %s with changed settings: %s", workdir, "; ".join(changes))
+    if jax.process_index() == 0:
+        _check_writable(workdir)
+        save_config(config, config_path)
+        versions_path = os.path.join(workdir, VERSIONS_FILE)
+        with open(f"{versions_path}.tmp", "w") as f:
+            json.dump(software_versions(), f, indent=2)
+        os.replace(f"{versions_path}.tmp", versions_path)
+    return resuming

@@ -1,0 +1,63 @@
+"""The train step: non-finite updates are skipped and counted; bfloat16 compute works."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from training_helpers import environment
+
+WORKERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "training_workers.py")
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("step") / "step.npz"
+    run = subprocess.run([sys.executable, WORKERS, "step-behaviour", str(out)], capture_output=True,
+                         text=True, env=environment(1), timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return dict(np.load(out))
+
+
+def _params(results, prefix):
+    return {k[len(prefix):]: v for k, v in results.items() if k.startswith(prefix)}
+
+
+def test_nan_in_batch_skips_the_update_and_counts_it(results):
+    initial = _params(results, "float32/initial/params")
+    after = _params(results, "float32/nan/params")
+    assert all(np.array_equal(initial[k], after[k]) for k in initial)
+    assert int(results["float32/nan/metrics/skipped"]) == 1
+    assert int(results["float32/nan/metrics/skipped_steps"]) == 1
+    assert int(results["float32/nan/metrics/consecutive_skips"]) == 1
+    assert not np.isfinite(float(results["float32/nan/metrics/loss"]))
+    # The data position moves on; Adam's own count does not (its state is kept).
+    assert int(results["float32/nan/step"]) == 1
+    assert int(results["float32/nan/adam_count"]) == 0
+
+
+def test_finite_step_after_a_skip_updates_and_resets_the_run_of_skips(results):
+    before = _params(results, "float32/nan/params")
+    after = _params(results, "float32/finite/params")
+    assert any(not np.array_equal(before[k], after[k]) for k in before)
+    assert all(np.all(np.isfinite(v)) for v in after.values())
+    assert int(results["float32/finite/metrics/skipped"]) == 0
+    assert int(results["float32/finite/metrics/consecutive_skips"]) == 0
+    assert int(results["float32/finite/metrics/skipped_steps"]) == 1
+    assert int(results["float32/finite/step"]) == 2
+    assert int(results["float32/finite/adam_count"]) == 1
+
+
+def test_bfloat16_compute_keeps_float32_params_and_a_finite_loss(results):
+    after = _params(results, "bfloat16/finite/params")
+    assert all(v.dtype == np.float32 for v in after.values())
+    assert np.isfinite(float(results["bfloat16/finite/metrics/loss"]))
+    assert int(results["bfloat16/finite/metrics/skipped"]) == 0
+    # Same data and the same initial params (the float32 run's NaN step changed nothing):
+    # bfloat16 moves the loss by rounding only.
+    f32_loss = float(results["float32/finite/metrics/loss"])
+    assert float(results["bfloat16/finite/metrics/loss"]) == pytest.approx(f32_loss, abs=0.5)
