@@ -103,10 +103,10 @@ def run_train(config: str, workdir: str, overrides: Iterable[str] = (), num_devi
                           env=environment(num_devices, cache_dir), timeout=timeout, cwd=REPO)
 
 
-def final_params(workdir: str) -> dict:
-    """``{path: array}`` of the params of the newest checkpoint of a run."""
-    from galr_jax.checkpoints import restore_variables
+def final_params(workdir: str) -> tuple[int, dict]:
+    """``(step, {path: array})`` of the params in the newest checkpoint of a run."""
     import jax
+    from galr_jax.checkpoints import restore_variables
     variables, meta = restore_variables(workdir, which="latest")
     flat = jax.tree_util.tree_flatten_with_path(variables)[0]
     return meta["step"], {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}

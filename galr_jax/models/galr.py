@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -26,6 +27,37 @@ def sinusoidal_positions(num_positions: int, features: int) -> np.ndarray:
     table[:, 0::2] = np.sin(positions * rates)
     table[:, 1::2] = np.cos(positions * rates)
     return table.astype(np.float32)
+
+
+def heads_as_batch_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray,
+                             mask: Optional[jnp.ndarray] = None,
+                             dropout_rng: Optional[jax.Array] = None, dropout_rate: float = 0.0,
+                             broadcast_dropout: bool = True, deterministic: bool = False,
+                             dtype: Any = None, precision: Any = None) -> jnp.ndarray:
+    """``flax.linen.dot_product_attention`` with the heads folded into the batch.
+
+    Same arguments, result and dropout mask as Flax's function: the attention
+    weights are ``[batch * heads, 1, q, k]`` instead of ``[batch..., heads, q, k]``,
+    the same elements in the same order, so dropout draws the same random bits.
+    Flax's einsums keep the heads between the sequence and depth axes, which XLA on
+    CPU runs as thousands of tiny strided products; with the heads folded into the
+    batch the two products are plain batched matrix products, about 2x faster.
+
+    Shape:
+      query, key, value ``[batch..., length, heads, depth]`` -> same as query.
+    """
+    if mask is not None:
+        raise ValueError("heads_as_batch_attention: masks are not supported")
+    *batch, length, heads, depth = query.shape
+
+    def fold(x):  # [batch..., length, heads, depth] -> [batch * heads, length, 1, depth]
+        return jnp.moveaxis(x, -2, -3).reshape(-1, x.shape[-3], 1, depth)
+
+    out = nn.dot_product_attention(
+        fold(query), fold(key), fold(value), dropout_rng=dropout_rng, dropout_rate=dropout_rate,
+        broadcast_dropout=broadcast_dropout, deterministic=deterministic, dtype=dtype,
+        precision=precision)
+    return jnp.moveaxis(out.reshape(*batch, heads, length, depth), -3, -2)
 
 
 class LocallyRecurrent(nn.Module):
@@ -117,7 +149,8 @@ class GloballyAttentive(nn.Module):
         # torch's MultiheadAttention (Flax's default shares one mask across the batch).
         attended = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.dropout,
-            broadcast_dropout=False, deterministic=not train, name="attention")(tokens, tokens)
+            broadcast_dropout=False, deterministic=not train,
+            attention_fn=heads_as_batch_attention, name="attention")(tokens, tokens)
         residual = tokens if self.attention_residual else attended
         dropped = nn.Dropout(self.dropout, deterministic=not train)(attended)
         tokens = nn.LayerNorm(epsilon=self.norm_eps, use_fast_variance=False, dtype=self.dtype,

@@ -1,0 +1,135 @@
+"""The PyTorch side of a benchmark case: the reference model in eager mode."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from galr_jax.config import ModelConfig
+from galr_jax.losses import SI_SNR_EPS
+from galr_jax.torch_reference import build_torch_model, count_parameters
+
+import measure
+
+# The LSTM forward computes x W_ih^T and h W_hh^T for every row (sequence x step);
+# its backward computes the input, hidden-state and both weight gradients: twice that.
+_LSTM_BACKWARD_FACTOR = 2
+
+
+def _lstm_layer_flops(input_shape, w_ih_shape, w_hh_shape, *args, out_shape=None, **kwargs):
+    rows = int(np.prod(input_shape[:-1]))
+    return 2 * rows * (int(np.prod(w_ih_shape)) + int(np.prod(w_hh_shape)))
+
+
+def _lstm_layer_backward_flops(input_shape, w_ih_shape, w_hh_shape, *args, out_shape=None,
+                               **kwargs):
+    return _LSTM_BACKWARD_FACTOR * _lstm_layer_flops(input_shape, w_ih_shape, w_hh_shape)
+
+
+# FlopCounterMode has no formula for the oneDNN LSTM layer that CPU nn.LSTM runs.
+_LSTM_FLOP_FORMULAS = {
+    torch.ops.aten.mkldnn_rnn_layer: _lstm_layer_flops,
+    torch.ops.aten.mkldnn_rnn_layer_backward: _lstm_layer_backward_flops,
+}
+
+
+def pit_neg_si_snr(estimates: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of the best-permutation negative SI-SNR (as ``galr_jax.losses``).
+
+    Args:
+      estimates, references: ``[B, C, T]``.
+    """
+    estimates = estimates - estimates.mean(-1, keepdim=True)
+    references = references - references.mean(-1, keepdim=True)
+    est, ref = estimates[:, :, None], references[:, None]  # pairwise [B, C, C, T]
+    scale = (est * ref).sum(-1, keepdim=True) / (ref.square().sum(-1, keepdim=True) + SI_SNR_EPS)
+    target = scale * ref
+    ratio = ((target.square().sum(-1) + SI_SNR_EPS)
+             / ((est - target).square().sum(-1) + SI_SNR_EPS))
+    pairwise = -10.0 * torch.log10(ratio)  # [B, C, C]
+    sources = range(pairwise.shape[1])
+    costs = torch.stack([pairwise[:, list(perm), list(sources)].mean(-1)
+                         for perm in itertools.permutations(sources)], dim=-1)
+    return costs.min(-1).values.mean()
+
+
+def _nbytes(tensors) -> int:
+    return int(sum(t.numel() * t.element_size() for t in tensors))
+
+
+class TorchCase:
+    """The PyTorch reference model: eager forward (inference mode) and train step.
+
+    Same train step as :class:`jax_case.JaxCase`: forward with dropout, PIT negative
+    SI-SNR, backward, gradient clipping, Adam.
+    """
+
+    framework = "torch"
+    compile_s = None  # eager: nothing is compiled
+    fwd_compile_s = None
+
+    def __init__(self, config: ModelConfig, mixture: np.ndarray, sources: np.ndarray,
+                 learning_rate: float, clip_norm: float):
+        torch.manual_seed(0)
+        self.model = build_torch_model(config)
+        self.mixture = torch.from_numpy(mixture)
+        self.sources = torch.from_numpy(sources)
+        self.clip_norm = clip_norm
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=learning_rate)
+
+    def _forward(self) -> torch.Tensor:
+        self.model.eval()
+        with torch.inference_mode():
+            return self.model(self.mixture)
+
+    def _loss_and_backward(self) -> None:
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        pit_neg_si_snr(self.model(self.mixture), self.sources).backward()
+
+    def run_forward(self) -> None:
+        self._forward()
+
+    def run_step(self) -> None:
+        self._loss_and_backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
+        self.optimizer.step()
+
+    def _state_bytes(self, with_optimizer: bool) -> int:
+        tensors = [*self.model.parameters(), self.mixture]
+        if with_optimizer:
+            tensors += [self.sources, *(value for state in self.optimizer.state.values()
+                                        for value in state.values() if torch.is_tensor(value))]
+        return _nbytes(tensors)
+
+    def static_stats(self) -> dict:
+        """Parameter count and matmul/conv/LSTM FLOPs from ``FlopCounterMode``.
+
+        The optimizer update is elementwise and not counted.
+        """
+        counter = FlopCounterMode(display=False, custom_mapping=_LSTM_FLOP_FORMULAS)
+        with counter:
+            self._forward()
+        fwd_flops = counter.get_total_flops()
+        counter = FlopCounterMode(display=False, custom_mapping=_LSTM_FLOP_FORMULAS)
+        with counter:
+            self._loss_and_backward()
+        return {
+            "params": count_parameters(self.model),
+            "fwd_flops": fwd_flops,
+            "step_flops": counter.get_total_flops(),
+            "fwd_matmul_flops": fwd_flops,
+            "step_matmul_flops": counter.get_total_flops(),
+        }
+
+    def rss_stats(self) -> dict:
+        """Peak resident memory of one call: growth of the peak RSS + resident state read."""
+        fwd = measure.peak_rss_growth(self.run_forward)
+        step = measure.peak_rss_growth(self.run_step)
+        return {
+            "fwd_rss_peak_bytes": None if fwd is None else fwd + self._state_bytes(False),
+            "step_rss_peak_bytes": None if step is None else step + self._state_bytes(True),
+        }
