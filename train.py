@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -43,6 +44,21 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def report_error(error: Exception) -> None:
+    """Writes ``train.py: ERROR`` as one line of its own on stderr.
+
+    One ``write(2)`` on the raw descriptor, starting with a newline: Orbax's background
+    threads may still be printing tracebacks of a failed save, and ``print`` would let
+    their text land inside our line (``print`` writes the text and the newline separately).
+    """
+    line = f"\ntrain.py: {error}\n"
+    sys.stderr.flush()
+    try:
+        os.write(sys.stderr.fileno(), line.encode("utf-8", "replace"))
+    except (AttributeError, OSError, ValueError):  # stderr replaced, e.g. captured in-process
+        sys.stderr.write(line)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -61,11 +77,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                auto_detect=args.distributed_auto)
         result = train_and_evaluate(config, args.workdir)
     except TrainingDiverged as e:
-        print(f"train.py: {e}", file=sys.stderr)
+        report_error(e)
         return EXIT_DIVERGED
     except (ConfigError, DatasetError, AudioError, WorkdirError, CheckpointError,
             FileNotFoundError) as e:
-        print(f"train.py: {e}", file=sys.stderr)
+        report_error(e)
         return EXIT_BAD_INPUT
     logging.info("%s at step %d %s", result.status, result.step, result.validation or "")
     return 0

@@ -212,7 +212,7 @@ def test_full_disk_at_save_is_a_clear_error_and_keeps_the_previous_checkpoint(se
     message = [line for line in result.stderr.splitlines() if line.startswith("train.py: ")]
     assert message and "writing a checkpoint failed" in message[0], result.stderr[-3000:]
     assert "File too large" in message[0]
-    assert message[0].endswith("the last complete checkpoint is step 4")
+    assert message[0].endswith("the last complete checkpoint is step 4"), result.stderr[-6000:]
     step, params = final_params(str(workdir))
     assert step == 4 and all(np.all(np.isfinite(v)) for v in params.values())
 
