@@ -2,12 +2,18 @@
 
 Usage:
   python benchmarks/run.py [--quick] [--out FILE] [--configs NAME ...] [--seconds S ...]
+                           [--set model.compute_dtype=bfloat16] [--long-audio SECONDS]
 
 For every model config and input length it builds the JAX model and the PyTorch
 reference, measures parameters, operations, peak memory and compile time, then times
 the forward and the train step of both frameworks round-robin (with a large matmul
 that measures the machine's peak in the same rounds), prints a table and writes JSON.
 BENCHMARKS.md explains every number.
+
+PyTorch's OpenMP threads busy-wait between parallel regions by default; on a machine
+shared with other processes that makes the reference several times slower than it
+really is. Unless OMP_WAIT_POLICY is already set, this script sets it to PASSIVE
+before PyTorch loads, and records the value in the JSON.
 """
 
 from __future__ import annotations
@@ -17,8 +23,13 @@ import json
 import os
 import pathlib
 import platform
+import subprocess
 import sys
+import tempfile
 import time
+
+# Must precede the first import of torch (libgomp reads it once); see the module docstring.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -34,7 +45,7 @@ from jax_case import JaxCase  # noqa: E402
 FULL_CONFIGS = ("galr_1.5m", "galr_2.3m", "dprnn")
 QUICK_CONFIGS = ("galr_1.5m", "dprnn")
 FULL_SECONDS = (4.0, 1.0)
-QUICK_SECONDS = (4.0,)
+QUICK_SECONDS = (1.0,)
 FULL_REPEATS = 7
 QUICK_REPEATS = 3
 BATCH = 4
@@ -47,6 +58,7 @@ PAPER_OPS_RATIO = 0.506
 PAPER_MEMORY_RATIO = 0.639
 GALR_REFERENCE = "galr_1.5m"
 DPRNN_REFERENCE = "dprnn"
+LONG_AUDIO_CONFIG = "galr_1.5m"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -67,7 +79,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         choices=["jax", "torch"])
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides for every model, e.g. model.remat=true")
+    parser.add_argument("--long-audio", type=float, metavar="SECONDS",
+                        help=f"also separate a synthetic recording this long with "
+                             f"{LONG_AUDIO_CONFIG} (benchmarks/long_audio.py); 3600 for the target")
     args = parser.parse_args(argv)
+    if args.long_audio and args.set:
+        parser.error("--long-audio separates with the config as it is; drop --set")
     args.configs = args.configs or list(QUICK_CONFIGS if args.quick else FULL_CONFIGS)
     args.seconds = args.seconds or list(QUICK_SECONDS if args.quick else FULL_SECONDS)
     args.repeats = args.repeats or (QUICK_REPEATS if args.quick else FULL_REPEATS)
@@ -170,7 +187,8 @@ def _fmt(value, scale=1.0, digits=2):
 
 def print_tables(records, ratios, machine) -> None:
     print(f"\n{machine['cpu']}, {machine['threads']} threads, "
-          f"matmul peak {machine['matmul_peak_flops'] / 1e9:.1f} GFLOP/s")
+          f"matmul peak {machine['matmul_peak_flops'] / 1e9:.1f} GFLOP/s, load average "
+          f"{machine['load_average_start'][0]:.1f} -> {machine['load_average_end'][0]:.1f}")
     header = ("model", "sec", "fw", "params", "fwd GF", "step GF", "fwd MB", "step MB",
               "compile s", "fwd s", "step s", "fwd %pk")
     rows = [(r["model"], f"{r['seconds']:g}", r["framework"], f"{r['params']:,}",
@@ -203,10 +221,26 @@ def _print_rows(header, rows) -> None:
         print("  ".join(str(cell).rjust(width) for cell, width in zip(row, widths)))
 
 
+def long_audio(seconds: float) -> dict:
+    """Runs benchmarks/long_audio.py in a fresh process (its peak RSS is its own)."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = os.path.join(folder, "long_audio.json")
+        command = [sys.executable, str(REPO / "benchmarks" / "long_audio.py"),
+                   "--config", str(config_path(LONG_AUDIO_CONFIG)),
+                   "--seconds", str(int(seconds)), "--json", out]
+        subprocess.run(command, check=True, cwd=REPO,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+        with open(out) as f:
+            return json.load(f)
+
+
 def machine_info(threads: int) -> dict:
     info = {"cpu": measure.cpu_name(), "threads": threads, "platform": platform.platform(),
             "python": platform.python_version(), "jax": jax.__version__,
-            "jax_backend": jax.default_backend()}
+            "jax_backend": jax.default_backend(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "load_average_start": os.getloadavg()}
     try:
         import torch
         info["torch"] = torch.__version__
@@ -231,14 +265,22 @@ def main(argv=None) -> None:
             records += benchmark_one(name, seconds, args, classes, matmul, matmul_times)
     machine["matmul_peak_flops"] = matmul.flops / measure.median(matmul_times)
     machine["matmul_size"] = MATMUL_SIZE
+    machine["load_average_end"] = os.getloadavg()
     ratios = add_derived(records, machine["matmul_peak_flops"])
     print_tables(records, ratios, machine)
+    long_audio_result = None
+    if args.long_audio:
+        long_audio_result = long_audio(args.long_audio)
+        print(f"\nlong audio ({LONG_AUDIO_CONFIG}): {long_audio_result['audio_seconds']} s in "
+              f"{long_audio_result['wall_seconds']} s, real-time factor "
+              f"{long_audio_result['real_time_factor']}, peak RSS "
+              f"{long_audio_result['peak_rss_mb']} MB")
     result = {
         "command": " ".join(["python", "benchmarks/run.py", *(argv or sys.argv[1:])]),
         "machine": machine, "matmul_peak_flops": machine["matmul_peak_flops"],
         "settings": {"configs": args.configs, "seconds": args.seconds, "batch": args.batch,
                      "repeats": args.repeats, "overrides": args.set},
-        "results": records, "ratios": ratios,
+        "results": records, "ratios": ratios, "long_audio": long_audio_result,
         "wall_s": time.perf_counter() - started,
     }
     out = pathlib.Path(args.out)

@@ -64,7 +64,9 @@ class TorchCase:
     """The PyTorch reference model: eager forward (inference mode) and train step.
 
     Same train step as :class:`jax_case.JaxCase`: forward with dropout, PIT negative
-    SI-SNR, backward, gradient clipping, Adam.
+    SI-SNR, backward, gradient clipping, Adam. With ``compute_dtype: bfloat16`` the
+    model runs under CPU autocast to bfloat16 (float32 parameters and loss), the
+    counterpart of the JAX model's bfloat16 compute.
     """
 
     framework = "torch"
@@ -79,16 +81,21 @@ class TorchCase:
         self.sources = torch.from_numpy(sources)
         self.clip_norm = clip_norm
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=learning_rate)
+        self.autocast = config.compute_dtype == "bfloat16"
+
+    def _model(self, mixture: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+            return self.model(mixture).float()
 
     def _forward(self) -> torch.Tensor:
         self.model.eval()
         with torch.inference_mode():
-            return self.model(self.mixture)
+            return self._model(self.mixture)
 
     def _loss_and_backward(self) -> None:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        pit_neg_si_snr(self.model(self.mixture), self.sources).backward()
+        pit_neg_si_snr(self._model(self.mixture), self.sources).backward()
 
     def run_forward(self) -> None:
         self._forward()
@@ -111,8 +118,14 @@ class TorchCase:
         The optimizer update is elementwise and not counted.
         """
         counter = FlopCounterMode(display=False, custom_mapping=_LSTM_FLOP_FORMULAS)
-        with counter:
-            self._forward()
+        # The fused inference kernel of nn.MultiheadAttention has no FLOP formula.
+        fastpath = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            with counter:
+                self._forward()
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
         fwd_flops = counter.get_total_flops()
         counter = FlopCounterMode(display=False, custom_mapping=_LSTM_FLOP_FORMULAS)
         with counter:

@@ -82,9 +82,14 @@ class TrainConfig:
     learning_rate: float = 1e-3  # Adam
     clip_grad_norm: float = 5.0  # global gradient norm; 0 disables
     weight_decay: float = 0.0  # decoupled (AdamW), weight matrices only; 0 disables
-    schedule: str = "constant"  # constant | exponential | plateau
+    schedule: str = "constant"  # constant | exponential | plateau | cosine
     decay_rate: float = 0.98  # exponential: lr factor every decay_every_epochs epochs
     decay_every_epochs: int = 2
+    warmup_steps: int = 0  # cosine: linear warm-up from 0 over these steps
+    decay_steps: int = 0  # cosine: decay over the last decay_steps steps; 0: all after warm-up
+    # (both shrink in proportion when they exceed num_steps, so a shortened run, e.g.
+    # --set train.num_steps=500, keeps the shape of the schedule)
+    final_lr_scale: float = 0.0  # cosine: the rate at num_steps, as a fraction of the base
     plateau_patience: int = 5  # plateau: validations without improvement before a reduction
     plateau_factor: float = 0.5  # plateau: lr factor of a reduction
     early_stop_patience: int = 0  # validations without improvement; 0 disables
@@ -129,7 +134,7 @@ _CHOICES = {
     "data.short_utterances": ("pad", "drop"),
     "data.bad_files": ("skip", "error"),
     "data.stereo": ("error", "downmix"),
-    "train.schedule": ("constant", "exponential", "plateau"),
+    "train.schedule": ("constant", "exponential", "plateau", "cosine"),
     "train.parallel": ("pmap", "shard_map"),
 }
 
@@ -260,7 +265,7 @@ def validate(config: Config) -> Config:
         if getattr(t, name) <= 0:
             raise ConfigError(f"train.{name}: must be positive, got {getattr(t, name)}")
     for name in ("clip_grad_norm", "weight_decay", "steps_per_epoch", "early_stop_patience",
-                 "max_valid_utterances", "eval_every"):
+                 "max_valid_utterances", "eval_every", "warmup_steps", "decay_steps"):
         if getattr(t, name) < 0:
             raise ConfigError(f"train.{name}: must be 0 or more, got {getattr(t, name)}")
     if t.learning_rate <= 0:
@@ -268,6 +273,8 @@ def validate(config: Config) -> Config:
     for name in ("decay_rate", "plateau_factor"):
         if not 0 < getattr(t, name) <= 1:
             raise ConfigError(f"train.{name}: must be in (0, 1], got {getattr(t, name)}")
+    if not 0 <= t.final_lr_scale <= 1:
+        raise ConfigError(f"train.final_lr_scale: must be in [0, 1], got {t.final_lr_scale}")
     d = config.data
     if d.crop_seconds <= 0:
         raise ConfigError(f"data.crop_seconds: must be positive, got {d.crop_seconds}")

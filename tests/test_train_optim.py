@@ -101,3 +101,36 @@ def test_train_config_errors_name_the_key(override, message):
     from galr_jax.config import ConfigError
     with pytest.raises(ConfigError, match=message):
         config_from_dict({}, [override])
+
+
+def test_cosine_schedule_warms_up_then_decays_to_the_floor():
+    config = TrainConfig(schedule="cosine", learning_rate=2e-3, num_steps=100, warmup_steps=10,
+                         final_lr_scale=0.1)
+    lr = make_learning_rate_fn(config, 7)
+    values = np.array([float(lr(jnp.asarray(step))) for step in range(101)])
+    assert values[0] == 0.0 and values[5] == pytest.approx(1e-3)
+    assert values[10] == pytest.approx(2e-3)
+    assert np.all(np.diff(values[:11]) > 0) and np.all(np.diff(values[10:]) < 0)
+    assert values[55] == pytest.approx(2e-3 * (0.1 + 0.9 * 0.5), rel=1e-5)  # half way down
+    assert values[100] == pytest.approx(2e-4)
+
+
+def test_cosine_schedule_is_clipped_to_a_shortened_run():
+    """``--set train.num_steps=N`` below warm-up + decay still warms up, then decays to the floor."""
+    config = TrainConfig(schedule="cosine", learning_rate=1e-3, num_steps=20, warmup_steps=100,
+                         decay_steps=900, final_lr_scale=0.1)
+    lr = make_learning_rate_fn(config, 7)
+    values = np.array([float(lr(jnp.asarray(step))) for step in range(21)])
+    assert np.all(np.isfinite(values)) and values.max() == pytest.approx(1e-3)
+    # Warm-up and decay shrink in proportion: 2 warm-up steps, 18 of decay.
+    assert values[0] == 0.0 and values[2] == pytest.approx(1e-3)
+    assert np.all(np.diff(values[2:]) < 0) and values[20] == pytest.approx(1e-4)
+
+
+def test_cosine_schedule_can_hold_the_peak_before_decaying():
+    config = TrainConfig(schedule="cosine", learning_rate=1e-3, num_steps=100, warmup_steps=10,
+                         decay_steps=40, final_lr_scale=0.0)
+    lr = make_learning_rate_fn(config, 7)
+    values = np.array([float(lr(jnp.asarray(step))) for step in range(101)])
+    assert np.allclose(values[10:61], 1e-3)
+    assert values[80] == pytest.approx(5e-4, rel=1e-5) and values[100] == pytest.approx(0.0)

@@ -255,24 +255,31 @@ def write_audio(path: str | os.PathLike, data: np.ndarray, sample_rate: int, *,
                 sf.write(f, signal, sample_rate, subtype=subtype, format=extension)
             except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
                 raise AudioError(path, f"cannot write {subtype} {extension} ({e})") from None
-        os.chmod(tmp, _FILE_MODE)
-        _publish(tmp, path, overwrite)
+        publish_file(tmp, path, overwrite)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return gain
 
 
-def _publish(tmp: str, path: str, overwrite: bool) -> None:
-    """Moves a finished temporary file into place; never clobbers without ``overwrite``."""
+def publish_file(tmp: str, path: str, overwrite: bool,
+                 refusal: str = "already exists (pass overwrite=True to replace it)") -> None:
+    """Moves a finished temporary file into place; never clobbers without ``overwrite``.
+
+    The file gets the usual umask-filtered 0666 mode (``mkstemp`` creates 0600).
+
+    Raises:
+      AudioError: ``path`` exists and ``overwrite`` is false (``refusal`` says what to do).
+    """
+    os.chmod(tmp, _FILE_MODE)
     if overwrite:
         os.replace(tmp, path)
         return
     try:
         os.link(tmp, path)  # atomic create-if-absent, unlike os.replace
     except FileExistsError:
-        raise AudioError(path, "already exists (pass overwrite=True to replace it)") from None
+        raise AudioError(path, refusal) from None
     except OSError:  # the file system has no hard links
         if os.path.lexists(path):
-            raise AudioError(path, "already exists (pass overwrite=True to replace it)") from None
+            raise AudioError(path, refusal) from None
         os.replace(tmp, path)

@@ -28,7 +28,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from galr_jax.data.audio import AudioError, AudioInfo, audio_info
+from galr_jax.data.audio import AudioError, AudioInfo, audio_info, publish_file
 
 OUTPUT_FORMATS = ("float", "pcm16")
 RESAMPLE_QUALITY = "HQ"
@@ -189,7 +189,8 @@ class SourceWriter:
                 self.gain = 10 ** (PCM16_PEAK_DBFS / 20) / self.peak
             staged = [self._reencode(tmp, dest) for tmp, dest in zip(staged, self.paths)]
         for tmp, dest in zip(staged, self.paths):
-            _publish(tmp, dest, self.overwrite)
+            publish_file(tmp, dest, self.overwrite,
+                         refusal="already exists; not overwriting it (use --force)")
         self._cleanup()
 
     def _reencode(self, staged: str, destination: str) -> str:
@@ -220,29 +221,3 @@ class SourceWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.abort()
-
-
-def _publish(tmp: str, path: str, overwrite: bool) -> None:
-    """Moves a finished temporary file into place without clobbering unless ``overwrite``."""
-    os.chmod(tmp, _FILE_MODE)
-    if overwrite:
-        os.replace(tmp, path)
-        return
-    try:
-        os.link(tmp, path)  # fails if the path appeared meanwhile, unlike os.replace
-    except FileExistsError:
-        raise AudioError(path, "already exists; not overwriting it (use --force)") from None
-    except OSError:  # no hard links on this file system
-        if os.path.lexists(path):
-            raise AudioError(path, "already exists; not overwriting it (use --force)") from None
-        os.replace(tmp, path)
-
-
-def _default_file_mode() -> int:
-    # mkstemp creates 0600 files; outputs get the usual umask-filtered 0666.
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-_FILE_MODE = _default_file_mode()

@@ -41,7 +41,8 @@ def heads_as_batch_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.nd
     the same elements in the same order, so dropout draws the same random bits.
     Flax's einsums keep the heads between the sequence and depth axes, which XLA on
     CPU runs as thousands of tiny strided products; with the heads folded into the
-    batch the two products are plain batched matrix products, about 2x faster.
+    batch the two products are plain batched matrix products, about 2x faster (the
+    backward pass is not faster, so training keeps Flax's function).
 
     Shape:
       query, key, value ``[batch..., length, heads, depth]`` -> same as query.
@@ -147,10 +148,13 @@ class GloballyAttentive(nn.Module):
         tokens = tokens + sinusoidal_positions(segments, features).astype(tokens.dtype)
         # broadcast_dropout=False: an independent dropout mask per sequence and head, as
         # torch's MultiheadAttention (Flax's default shares one mask across the batch).
+        # Measured on CPU (BENCHMARKS.md): folding the heads into the batch speeds up
+        # the forward pass, but Flax's own layout gives the faster backward pass.
+        attention_fn = nn.dot_product_attention if train else heads_as_batch_attention
         attended = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.dropout,
-            broadcast_dropout=False, deterministic=not train,
-            attention_fn=heads_as_batch_attention, name="attention")(tokens, tokens)
+            broadcast_dropout=False, deterministic=not train, attention_fn=attention_fn,
+            name="attention")(tokens, tokens)
         residual = tokens if self.attention_residual else attended
         dropped = nn.Dropout(self.dropout, deterministic=not train)(attended)
         tokens = nn.LayerNorm(epsilon=self.norm_eps, use_fast_variance=False, dtype=self.dtype,

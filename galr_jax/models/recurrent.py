@@ -32,25 +32,27 @@ def _scan_forward(x_forward, x_backward, kernel_ih, kernel_hh, bias, h0, c0, unr
                   save_residuals):
     """The recurrence of both directions; optionally keeps what the backward pass needs.
 
-    The input projection is done step by step inside the loop: on CPU this beats one
-    large product before the loop, whose ``[steps, 2, sequences, 4H]`` result costs more
-    memory traffic than it saves.
+    Each step is a single batched product ``[x_t, h] @ [W_ih; W_hh]`` over the two
+    directions. The input projection stays inside the loop: on CPU this beats one
+    large product before the loop, whose ``[steps, 2, sequences, 4H]`` result costs
+    more memory traffic than it saves.
     """
     compute_dtype = kernel_hh.dtype
+    kernel = jnp.concatenate([kernel_ih, kernel_hh], axis=1)  # [2, F + H, 4H]
+    inputs = jnp.stack([x_forward, x_backward], axis=1)  # [steps, 2, sequences, F]
 
     def step(carry, x_t):
         h, c = carry
-        z = (jnp.einsum("dnf,dfg->dng", jnp.stack(x_t), kernel_ih,
-                        preferred_element_type=jnp.float32) + bias[:, None, :])
-        z = z + jnp.einsum("dnh,dhg->dng", h.astype(compute_dtype), kernel_hh,
-                           preferred_element_type=jnp.float32)
+        xh = jnp.concatenate([x_t, h.astype(compute_dtype)], axis=-1)
+        z = jnp.einsum("dnk,dkg->dng", xh, kernel,
+                       preferred_element_type=jnp.float32) + bias[:, None, :]
         i, f, g, o = _activations(z)
         c_new = f * c + i * g
         h_new = o * jnp.tanh(c_new)
         outputs = (h_new[0], h_new[1])
         return (h_new, c_new), ((*outputs, i, f, g, o, c) if save_residuals else outputs)
 
-    return jax.lax.scan(step, (h0, c0), (x_forward, x_backward), unroll=unroll)[1]
+    return jax.lax.scan(step, (h0, c0), inputs, unroll=unroll)[1]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
@@ -79,6 +81,7 @@ def fused_bilstm(x_forward, x_backward, kernel_ih, kernel_hh, bias, h0, c0, unro
 
 
 def _bilstm_forward(x_forward, x_backward, kernel_ih, kernel_hh, bias, h0, c0, unroll):
+    """Forward rule of :func:`fused_bilstm`: keeps the gates and the previous cell state."""
     h_forward, h_backward, *gates_and_cells = _scan_forward(
         x_forward, x_backward, kernel_ih, kernel_hh, bias, h0, c0, unroll, True)
     residuals = ((x_forward, x_backward), (h_forward, h_backward), kernel_ih, kernel_hh, h0,
@@ -87,6 +90,13 @@ def _bilstm_forward(x_forward, x_backward, kernel_ih, kernel_hh, bias, h0, c0, u
 
 
 def _bilstm_backward(unroll, residuals, d_outputs):
+    """Backward rule of :func:`fused_bilstm`.
+
+    With c = f c_prev + i g and h = o tanh(c), the step's pre-activation gradients are
+    dz = [dc g i(1-i), dc c_prev f(1-f), dc i (1-g^2), dh tanh(c) o(1-o)], where
+    dc = dc_next + dh o (1 - tanh(c)^2); the states' gradients flow back as
+    dh_prev = dz W_hh^T and dc_prev = dc f.
+    """
     inputs, outputs, kernel_ih, kernel_hh, h0, gates_and_cells = residuals
     compute_dtype = kernel_hh.dtype
 
@@ -110,10 +120,11 @@ def _bilstm_backward(unroll, residuals, d_outputs):
         # [steps, sequences, k] -> [steps * sequences, k]: contiguous, a plain reshape.
         dz_rows = dz[direction].reshape(-1, dz[direction].shape[-1])
         h_prev = jnp.concatenate([h0[direction][None], outputs[direction][:-1]], axis=0)
+        h_rows = h_prev.reshape(-1, h_prev.shape[-1]).astype(compute_dtype)
         x_rows = inputs[direction].reshape(-1, inputs[direction].shape[-1])
         dz_compute = dz_rows.astype(compute_dtype)
-        d_kernel_hh.append(jnp.einsum("kh,kg->hg", h_prev.reshape(dz_rows.shape[0], -1).astype(
-            compute_dtype), dz_compute, preferred_element_type=jnp.float32))
+        d_kernel_hh.append(jnp.einsum("kh,kg->hg", h_rows, dz_compute,
+                                      preferred_element_type=jnp.float32))
         d_kernel_ih.append(jnp.einsum("kf,kg->fg", x_rows, dz_compute,
                                       preferred_element_type=jnp.float32))
         d_inputs.append(jnp.einsum("kg,fg->kf", dz_compute, kernel_ih[direction],

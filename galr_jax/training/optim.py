@@ -49,14 +49,31 @@ def make_learning_rate_fn(config: TrainConfig, steps_per_epoch: int) -> Learning
     """``step -> learning rate`` before the plateau scale.
 
     ``exponential`` multiplies by ``decay_rate`` once every ``decay_every_epochs``
-    epochs (the DPRNN paper's 0.98 every two epochs), in whole steps; ``constant`` and
-    ``plateau`` return the base rate (plateau halving is the host-side scale).
+    epochs (the DPRNN paper's 0.98 every two epochs), in whole steps; ``cosine`` warms
+    up linearly over ``warmup_steps``, holds the base rate, and over the last
+    ``decay_steps`` (0: every step after the warm-up) follows a half cosine down to
+    ``final_lr_scale`` times the base rate at ``num_steps`` (for runs with a fixed
+    budget, such as the demo); ``constant`` and ``plateau`` return the base rate
+    (plateau halving is the host-side scale).
 
     Args:
       config: the train section.
       steps_per_epoch: optimizer steps in one epoch (positive).
     """
     base = config.learning_rate
+    if config.schedule == "cosine":
+        warmup_steps = config.warmup_steps
+        decay_steps = config.decay_steps or config.num_steps - warmup_steps
+        if warmup_steps + decay_steps > config.num_steps:
+            # A run shortened with --set train.num_steps=N keeps the shape of its schedule.
+            scale = config.num_steps / (warmup_steps + decay_steps)
+            warmup_steps = int(warmup_steps * scale)
+            decay_steps = config.num_steps - warmup_steps
+        hold_until = config.num_steps - decay_steps
+        warmup = optax.linear_schedule(0.0, base, max(warmup_steps, 1))
+        decay = optax.cosine_decay_schedule(base, max(decay_steps, 1), config.final_lr_scale)
+        return optax.join_schedules([warmup, optax.constant_schedule(base), decay],
+                                    [warmup_steps, hold_until])
     if config.schedule != "exponential":
         return lambda step: jnp.asarray(base, jnp.float32)
     if steps_per_epoch <= 0:
