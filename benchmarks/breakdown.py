@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import statistics
 import sys
-import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -33,24 +31,16 @@ from galr_jax.config import load_config  # noqa: E402
 from galr_jax.models.galr import GloballyAttentive, LocallyRecurrent  # noqa: E402
 from galr_jax.models.recurrent import BiLSTM  # noqa: E402
 from galr_jax.models.segmentation import num_frames  # noqa: E402
-from galr_jax.models.separation import _DTYPES  # noqa: E402
+from galr_jax.models.separation import COMPUTE_DTYPES  # noqa: E402
+
+import measure  # noqa: E402
 
 SAMPLE_RATE = 8000
 
 
-def _time(fn, args, repeats: int) -> float:
-    """Median wall seconds of ``fn(*args)`` after one compiling call."""
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _part(module, x, repeats, **kwargs):
-    """(forward seconds, forward+backward seconds) of a Flax module on ``x``."""
+    """(forward seconds, forward+backward seconds) of a Flax module on ``x``: medians of
+    ``repeats`` round-robin runs after one compiling call of each."""
     variables = module.init(jax.random.PRNGKey(0), x, **kwargs)
     forward = jax.jit(lambda v, x: module.apply(v, x, **kwargs))
 
@@ -58,7 +48,12 @@ def _part(module, x, repeats, **kwargs):
         return jnp.sum(module.apply(v, x, **kwargs).astype(jnp.float32))
 
     backward = jax.jit(jax.grad(loss, argnums=(0, 1)))
-    return _time(forward, (variables, x), repeats), _time(backward, (variables, x), repeats)
+    runs = {"forward": lambda: jax.block_until_ready(forward(variables, x)),
+            "backward": lambda: jax.block_until_ready(backward(variables, x))}
+    for run in runs.values():
+        run()
+    times = measure.interleaved_times(runs, repeats)
+    return measure.median(times["forward"]), measure.median(times["backward"])
 
 
 def main(argv=None) -> None:
@@ -70,7 +65,7 @@ def main(argv=None) -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     c = load_config(args.config, args.set).model
-    dtype = _DTYPES[c.compute_dtype]
+    dtype = COMPUTE_DTYPES[c.compute_dtype]
     samples = int(args.seconds * SAMPLE_RATE)
     rng = np.random.default_rng(0)
     mixture = jnp.asarray(rng.standard_normal((args.batch, samples)), jnp.float32)

@@ -41,6 +41,7 @@ from galr_jax.config import load_config  # noqa: E402
 
 import measure  # noqa: E402
 from jax_case import JaxCase  # noqa: E402
+from report import GFLOP, MB, fmt  # noqa: E402
 
 FULL_CONFIGS = ("galr_1.5m", "galr_2.3m", "dprnn")
 QUICK_CONFIGS = ("galr_1.5m", "dprnn")
@@ -181,10 +182,6 @@ def add_derived(records, matmul_peak_flops):
     return {"jax_over_torch": jax_over_torch, "galr_over_dprnn": galr_over_dprnn}
 
 
-def _fmt(value, scale=1.0, digits=2):
-    return "-" if value is None else f"{value / scale:.{digits}f}"
-
-
 def print_tables(records, ratios, machine) -> None:
     print(f"\n{machine['cpu']}, {machine['threads']} threads, "
           f"matmul peak {machine['matmul_peak_flops'] / 1e9:.1f} GFLOP/s, load average "
@@ -192,24 +189,24 @@ def print_tables(records, ratios, machine) -> None:
     header = ("model", "sec", "fw", "params", "fwd GF", "step GF", "fwd MB", "step MB",
               "compile s", "fwd s", "step s", "fwd %pk")
     rows = [(r["model"], f"{r['seconds']:g}", r["framework"], f"{r['params']:,}",
-             _fmt(r["fwd_flops"], 1e9, 1), _fmt(r["step_flops"], 1e9, 1),
-             _fmt(r["fwd_peak_bytes"], 2 ** 20, 0), _fmt(r["step_peak_bytes"], 2 ** 20, 0),
-             _fmt(r["compile_s"], 1, 1), _fmt(r["fwd_s"], 1, 3), _fmt(r["step_s"], 1, 3),
-             _fmt(100 * r["fwd_fraction_of_peak"], 1, 0)) for r in records]
+             fmt(r["fwd_flops"], GFLOP, 1), fmt(r["step_flops"], GFLOP, 1),
+             fmt(r["fwd_peak_bytes"], MB, 0), fmt(r["step_peak_bytes"], MB, 0),
+             fmt(r["compile_s"], 1, 1), fmt(r["fwd_s"], 1, 3), fmt(r["step_s"], 1, 3),
+             fmt(100 * r["fwd_fraction_of_peak"], 1, 0)) for r in records]
     _print_rows(header, rows)
     if ratios["jax_over_torch"]:
         print("\nJAX / PyTorch (time: lower is better for JAX)")
         _print_rows(("model", "sec", "fwd time", "step time", "fwd ops", "step ops",
                      "fwd RSS", "step RSS"),
-                    [(r["model"], f"{r['seconds']:g}", _fmt(r["fwd_s"]), _fmt(r["step_s"]),
-                      _fmt(r["fwd_matmul_flops"]), _fmt(r["step_matmul_flops"]),
-                      _fmt(r["fwd_rss_peak_bytes"]), _fmt(r["step_rss_peak_bytes"]))
+                    [(r["model"], f"{r['seconds']:g}", fmt(r["fwd_s"]), fmt(r["step_s"]),
+                      fmt(r["fwd_matmul_flops"]), fmt(r["step_matmul_flops"]),
+                      fmt(r["fwd_rss_peak_bytes"]), fmt(r["step_rss_peak_bytes"]))
                      for r in ratios["jax_over_torch"]])
     if ratios["galr_over_dprnn"]:
         print(f"\nGALR 1.5M / DPRNN (paper: ops {PAPER_OPS_RATIO}, memory {PAPER_MEMORY_RATIO})")
         _print_rows(("fw", "sec", "fwd ops", "step ops", "fwd mm ops", "step mm ops",
                      "fwd mem", "step mem", "fwd time", "step time"),
-                    [(r["framework"], f"{r['seconds']:g}", *(_fmt(r[k], 1, 3) for k in (
+                    [(r["framework"], f"{r['seconds']:g}", *(fmt(r[k], 1, 3) for k in (
                         "fwd_flops", "step_flops", "fwd_matmul_flops", "step_matmul_flops",
                         "fwd_peak_bytes", "step_peak_bytes", "fwd_s", "step_s")))
                      for r in ratios["galr_over_dprnn"]])

@@ -41,8 +41,7 @@ def heads_as_batch_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.nd
     the same elements in the same order, so dropout draws the same random bits.
     Flax's einsums keep the heads between the sequence and depth axes, which XLA on
     CPU runs as thousands of tiny strided products; with the heads folded into the
-    batch the two products are plain batched matrix products, about 2x faster (the
-    backward pass is not faster, so training keeps Flax's function).
+    batch the two products are plain batched matrix products, about 2x faster.
 
     Shape:
       query, key, value ``[batch..., length, heads, depth]`` -> same as query.

@@ -13,7 +13,7 @@ from galr_jax.models.mask_head import MaskHead
 from galr_jax.models.norms import GlobalLayerNorm
 from galr_jax.models.segmentation import segment
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 class SeparationModel(nn.Module):
@@ -37,7 +37,7 @@ class SeparationModel(nn.Module):
 
     def _block(self, index: int) -> nn.Module:
         c = self.config
-        dtype = _DTYPES[c.compute_dtype]
+        dtype = COMPUTE_DTYPES[c.compute_dtype]
         if c.separator == "galr":
             block_cls = nn.remat(GALRBlock, static_argnums=(2,)) if c.remat else GALRBlock
             return block_cls(c.hidden, c.num_heads, c.low_dim, c.attention_dropout,
@@ -53,7 +53,7 @@ class SeparationModel(nn.Module):
         if mixture.shape[1] < 1:
             raise ValueError("mixture has no samples")
         c = self.config
-        dtype = _DTYPES[c.compute_dtype]
+        dtype = COMPUTE_DTYPES[c.compute_dtype]
         length = mixture.shape[1]
         encoded = Encoder(c.num_filters, c.window, dtype, name="encoder")(mixture)  # [B, F, N]
         x = encoded
