@@ -34,8 +34,12 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--config", required=True, help="YAML config, e.g. configs/demo.yaml")
     parser.add_argument("--workdir", required=True,
                         help="run folder (checkpoints, logs); an existing run is resumed")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, e.g. --set train.num_steps=100 (repeatable)")
+    # The same --set as galr_jax.config.add_override_argument, spelled out so that --help
+    # does not import jax.
+    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[],
+                        metavar="KEY=VALUE",
+                        help="override config fields, e.g. --set train.num_steps=100 "
+                             "model.features=128 (repeatable)")
     parser.add_argument("--coordinator-address", help="host:port of process 0 (multi-host)")
     parser.add_argument("--num-processes", type=int, help="processes in the job (multi-host)")
     parser.add_argument("--process-id", type=int, help="this process's index (multi-host)")

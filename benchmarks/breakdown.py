@@ -27,7 +27,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from galr_jax import build_model  # noqa: E402
-from galr_jax.config import load_config  # noqa: E402
+from galr_jax.config import add_override_argument, load_config  # noqa: E402
 from galr_jax.models.galr import GloballyAttentive, LocallyRecurrent  # noqa: E402
 from galr_jax.models.recurrent import BiLSTM  # noqa: E402
 from galr_jax.models.segmentation import num_frames  # noqa: E402
@@ -62,7 +62,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    add_override_argument(parser, dest="set")
     args = parser.parse_args(argv)
     c = load_config(args.config, args.set).model
     dtype = COMPUTE_DTYPES[c.compute_dtype]

@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from galr_jax.config import load_config  # noqa: E402
+from galr_jax.config import add_override_argument, load_config  # noqa: E402
 
 import measure  # noqa: E402
 from jax_case import JaxCase  # noqa: E402
@@ -78,8 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, help="timed rounds (default: 7, quick: 3)")
     parser.add_argument("--frameworks", nargs="+", default=["jax", "torch"],
                         choices=["jax", "torch"])
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="config overrides for every model, e.g. model.remat=true")
+    add_override_argument(parser, dest="set")
     parser.add_argument("--long-audio", type=float, metavar="SECONDS",
                         help=f"also separate a synthetic recording this long with "
                              f"{LONG_AUDIO_CONFIG} (benchmarks/long_audio.py); 3600 for the target")

@@ -13,6 +13,7 @@ Q = ``model.low_dim``, C = ``model.num_sources``.
 
 from __future__ import annotations
 
+import argparse
 import collections.abc
 import dataclasses
 import os
@@ -329,6 +330,14 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Confi
         return config_from_dict(tree, overrides)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+
+
+def add_override_argument(parser: argparse.ArgumentParser, dest: str = "overrides") -> None:
+    """``--set KEY=VALUE [KEY=VALUE ...]``, repeatable: ``--set a=1 b=2`` equals ``--set a=1 --set b=2``."""
+    parser.add_argument("--set", dest=dest, action="extend", nargs="+", default=[],
+                        metavar="KEY=VALUE",
+                        help="override config fields, e.g. --set train.num_steps=100 "
+                             "model.features=128 (repeatable)")
 
 
 def save_config(config: Config, path: str | os.PathLike) -> None:

@@ -37,7 +37,8 @@ import numpy as np
 import galr_jax
 from galr_jax import evaluation, metrics
 from galr_jax.checkpoints import CheckpointError, parse_which, restore_variables
-from galr_jax.config import Config, ConfigError, config_from_dict, config_to_dict, load_config
+from galr_jax.config import (Config, ConfigError, add_override_argument, config_from_dict,
+                             config_to_dict, load_config)
 from galr_jax.data import DatasetError, UtteranceReader, open_split
 from galr_jax.data.audio import AudioError, write_audio
 from galr_jax.inference.apply import BatchedApply
@@ -68,8 +69,7 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--data", help="data root (overrides data.root)")
     parser.add_argument("--split", help="split to score (default: data.test_split)")
     parser.add_argument("--out", help="output directory (default: WORKDIR/eval/SPLIT)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, e.g. eval.batch_size=8 (repeatable)")
+    add_override_argument(parser, dest="set")
     parser.add_argument("--no-sdr", action="store_true", help="skip BSS-eval SDR (faster)")
     parser.add_argument("--no-perceptual", action="store_true",
                         help="skip PESQ/STOI even if their packages are installed")

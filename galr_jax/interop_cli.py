@@ -34,7 +34,7 @@ import torch
 from galr_jax import losses
 from galr_jax.checkpoints import (CheckpointError, parse_which, restore_variables,
                                   save_variables)
-from galr_jax.config import ConfigError, load_config, save_config
+from galr_jax.config import ConfigError, add_override_argument, load_config, save_config
 from galr_jax.convert import ConversionError, flax_to_torch, torch_to_flax
 from galr_jax.data.audio import AudioError, read_audio
 from galr_jax.models import build_model
@@ -183,8 +183,7 @@ def _parser() -> argparse.ArgumentParser:
     to_orbax = commands.add_parser("torch-to-orbax", help="PyTorch state_dict -> Orbax checkpoint")
     to_orbax.add_argument("input", metavar="IN.pt")
     to_orbax.add_argument("--config", required=True, help="config file the weights belong to")
-    to_orbax.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                          help="config override (repeatable)")
+    add_override_argument(to_orbax, dest="set")
     to_orbax.add_argument("--out", required=True, help="checkpoint directory to write")
     to_orbax.add_argument("--step", type=int, default=0, help="step number to record (default 0)")
     to_orbax.set_defaults(run=torch_to_orbax)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from galr_jax.config import Config, ConfigError, ModelConfig, load_config
+from galr_jax.config import Config, ConfigError, ModelConfig, add_override_argument, load_config
 from galr_jax.models import build_model
 
 _SHAPE_PROBE_SAMPLES = 16  # parameter shapes do not depend on the input length
@@ -81,8 +81,7 @@ def format_table(rows: Sequence[Row]) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="YAML config file")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override, e.g. model.features=128 (repeatable)")
+    add_override_argument(parser, dest="set")
     parser.add_argument("--torch", action="store_true",
                         help="cross-check the torch-convention count with the PyTorch reference")
     args = parser.parse_args(argv)

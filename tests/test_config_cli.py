@@ -29,3 +29,15 @@ def test_train_py_rejects_a_bad_config_in_one_line_and_writes_nothing(tmp_path, 
     assert len(lines) == 1, proc.stderr
     assert key in lines[0]
     assert not workdir.exists()
+
+
+def test_set_takes_several_overrides_per_flag_and_repeats():
+    sys.path.insert(0, REPO)
+    try:
+        import train
+    finally:
+        sys.path.remove(REPO)
+    args = train.parse_args(["--config", "c.yaml", "--workdir", "w", "--set", "model.hidden=32",
+                             "train.seed=3", "--set", "train.num_steps=5"])
+    assert args.overrides == ["model.hidden=32", "train.seed=3", "train.num_steps=5"]
+    assert train.parse_args(["--config", "c.yaml", "--workdir", "w"]).overrides == []

@@ -201,7 +201,7 @@ def test_parameter_counts_match_the_spec(name, torch_total):
 def test_summary_cli_cross_checks_torch_and_prints_the_totals_last(capsys):
     config = str(CONFIGS / "galr_1.5m.yaml")
     assert summary.main(["--config", config, "--set", "model.num_filters=128",
-                         "--set", "model.features=128", "--torch"]) == 0
+                         "model.features=128", "--torch"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].split() == ["module", "params", "params_torch"]
     assert lines[-3:] == ["torch_reference_params 2328601",

@@ -61,3 +61,35 @@ def test_bfloat16_compute_keeps_float32_params_and_a_finite_loss(results):
     # bfloat16 moves the loss by rounding only.
     f32_loss = float(results["float32/finite/metrics/loss"])
     assert float(results["bfloat16/finite/metrics/loss"]) == pytest.approx(f32_loss, abs=0.5)
+
+
+def test_a_model_without_dropout_takes_the_whole_batch_in_one_call():
+    """The unvmapped path gives the loss and gradient of the per-row (vmapped) path."""
+    import jax
+
+    from galr_jax.config import config_from_dict
+    from galr_jax.models import build_model
+    from galr_jax.training import batch_loss
+    from training_helpers import TINY_MODEL
+
+    assert build_model(config_from_dict({"model": TINY_MODEL})).uses_dropout
+    model = build_model(config_from_dict({"model": {**TINY_MODEL, "attention_dropout": 0.0}}))
+    assert not model.uses_dropout
+    rng = np.random.default_rng(0)
+    batch = {"mixture": rng.standard_normal((3, 640)).astype(np.float32),
+             "sources": rng.standard_normal((3, 2, 640)).astype(np.float32)}
+    params = model.init(jax.random.PRNGKey(0), batch["mixture"])["params"]
+    whole_loss, whole_grads = jax.value_and_grad(
+        lambda p: batch_loss(model, p, batch, None))(params)
+
+    def row_loss(p, row):
+        return batch_loss(model, p, {k: v[row:row + 1] for k, v in batch.items()}, None)
+
+    rows = [jax.value_and_grad(row_loss)(params, row) for row in range(3)]
+    assert abs(float(whole_loss) - np.mean([float(loss) for loss, _ in rows])) < 1e-5
+    mean_grads = jax.tree.map(lambda *g: sum(g) / 3, *[grads for _, grads in rows])
+    # float32 sums over a batch of 3 against 3 separate sums: relative to the largest gradient.
+    scale = max(float(np.max(np.abs(g))) for g in jax.tree.leaves(mean_grads))
+    worst = max(jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))),
+                                             whole_grads, mean_grads)))
+    assert scale > 1e-3 and worst < 1e-5 * scale

@@ -35,6 +35,11 @@ class SeparationModel(nn.Module):
 
     config: ModelConfig
 
+    @property
+    def uses_dropout(self) -> bool:
+        """Whether ``train=True`` draws random numbers (and so needs a ``dropout`` rng)."""
+        return self.config.separator == "galr" and self.config.attention_dropout > 0
+
     def _block(self, index: int) -> nn.Module:
         c = self.config
         dtype = COMPUTE_DTYPES[c.compute_dtype]
