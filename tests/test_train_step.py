@@ -6,10 +6,14 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
-from training_helpers import environment
+from galr_jax.config import config_from_dict
+from galr_jax.models import build_model
+from galr_jax.training import batch_loss
+from training_helpers import TINY_MODEL, environment
 
 WORKERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "training_workers.py")
 
@@ -65,13 +69,6 @@ def test_bfloat16_compute_keeps_float32_params_and_a_finite_loss(results):
 
 def test_a_model_without_dropout_takes_the_whole_batch_in_one_call():
     """The unvmapped path gives the loss and gradient of the per-row (vmapped) path."""
-    import jax
-
-    from galr_jax.config import config_from_dict
-    from galr_jax.models import build_model
-    from galr_jax.training import batch_loss
-    from training_helpers import TINY_MODEL
-
     assert build_model(config_from_dict({"model": TINY_MODEL})).uses_dropout
     model = build_model(config_from_dict({"model": {**TINY_MODEL, "attention_dropout": 0.0}}))
     assert not model.uses_dropout
