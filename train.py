@@ -25,6 +25,10 @@ import os
 import sys
 from typing import Optional, Sequence
 
+# Neither imports jax: --help stays fast, and the allocator is set before XLA starts.
+from galr_jax.config import add_override_argument
+from galr_jax.host_memory import keep_freed_memory
+
 EXIT_DIVERGED = 1
 EXIT_BAD_INPUT = 2
 
@@ -34,12 +38,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--config", required=True, help="YAML config, e.g. configs/demo.yaml")
     parser.add_argument("--workdir", required=True,
                         help="run folder (checkpoints, logs); an existing run is resumed")
-    # The same --set as galr_jax.config.add_override_argument, spelled out so that --help
-    # does not import jax.
-    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[],
-                        metavar="KEY=VALUE",
-                        help="override config fields, e.g. --set train.num_steps=100 "
-                             "model.features=128 (repeatable)")
+    add_override_argument(parser)
     parser.add_argument("--coordinator-address", help="host:port of process 0 (multi-host)")
     parser.add_argument("--num-processes", type=int, help="processes in the job (multi-host)")
     parser.add_argument("--process-id", type=int, help="this process's index (multi-host)")
@@ -65,6 +64,7 @@ def report_error(error: Exception) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    keep_freed_memory()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file it writes
     # Imported after parsing so --help is fast; jax must not touch devices before

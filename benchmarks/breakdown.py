@@ -22,6 +22,10 @@ import sys
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from galr_jax.host_memory import keep_freed_memory  # noqa: E402
+
+keep_freed_memory()  # as train.py does, before XLA allocates
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402

@@ -30,7 +30,10 @@ def report(result: dict) -> str:
            f"{machine['threads']} threads, jax {machine['jax']}, torch {machine.get('torch', '-')}, "
            f"float32 matmul peak {result['matmul_peak_flops'] / GFLOP:.0f} GFLOP/s, load "
            f"average {machine['load_average_start'][0]:.1f} -> {machine['load_average_end'][0]:.1f}, "
-           f"overrides {result['settings']['overrides'] or 'none'}.", ""]
+           f"overrides {result['settings']['overrides'] or 'none'}, host allocator "
+           f"{machine.get('host_allocator', 'system')}"
+           + (f", XLA_FLAGS {machine['xla_flags']}" if machine.get("xla_flags") else "")
+           + ".", ""]
     header = ("model", "s", "framework", "params", "fwd GFLOP", "step GFLOP", "fwd MB",
               "step MB", "compile s", "fwd s", "step s", "fwd % peak", "step % peak")
     rows = [(r["model"], f"{r['seconds']:g}", r["framework"], f"{r['params']:,}",

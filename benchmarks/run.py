@@ -14,6 +14,11 @@ PyTorch's OpenMP threads busy-wait between parallel regions by default; on a mac
 shared with other processes that makes the reference several times slower than it
 really is. Unless OMP_WAIT_POLICY is already set, this script sets it to PASSIVE
 before PyTorch loads, and records the value in the JSON.
+
+Both frameworks run with the host allocator settings of the package's command lines
+(:mod:`galr_jax.host_memory`: freed memory stays in the process, so no call pays for
+page faults on its buffers); ``GALR_JAX_SYSTEM_MALLOC=1`` measures glibc's defaults.
+The JSON records which.
 """
 
 from __future__ import annotations
@@ -33,6 +38,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from galr_jax.host_memory import keep_freed_memory  # noqa: E402
+
+HOST_ALLOCATOR = "kept" if keep_freed_memory() else "system"  # before XLA or torch allocate
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -236,6 +245,7 @@ def machine_info(threads: int) -> dict:
             "jax_backend": jax.default_backend(),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "host_allocator": HOST_ALLOCATOR,
             "load_average_start": os.getloadavg()}
     try:
         import torch

@@ -49,7 +49,7 @@ class ModelConfig:
     norm_eps: float = 1e-5  # GALR's norms use 1e-5; asteroid's DPRNN gLN uses 1e-8
     compute_dtype: str = "float32"  # float32 | bfloat16 (params stay float32)
     lstm_unroll: int = 1  # scan unroll factor of the BiLSTM time loop
-    remat: bool = False  # rematerialise each block in the backward pass to save memory
+    remat: bool = False  # recompute each block's forward in its backward pass (models/remat.py)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,8 @@ import pytest
 
 from galr_jax import ConfigError, build_model, load_config
 from galr_jax.config import config_from_dict
-from galr_jax.models import GloballyAttentive
+from galr_jax.models import GALRBlock, GloballyAttentive
+from galr_jax.models.remat import apply_rematerialised
 from galr_jax import summary
 from galr_jax.summary import count_params
 
@@ -166,6 +167,66 @@ def test_remat_gives_the_same_outputs_and_gradients():
     largest = max(np.max(np.abs(g)) for g in jax.tree.leaves(grads_plain))
     for plain, rematerialised in zip(jax.tree.leaves(grads_plain), jax.tree.leaves(grads_remat)):
         np.testing.assert_allclose(rematerialised, plain, rtol=1e-4, atol=1e-5 * largest)
+
+
+def test_remat_backward_recomputes_the_forward_pass_dropout_masks():
+    # With dropout on, the recomputed forward must draw the forward's masks, or the
+    # gradient belongs to another function. The same block applied directly with the
+    # same key is the reference.
+    block = GALRBlock(8, 4, 4, 0.5, True, 1e-5, name="block")
+
+    class Rematerialised(nn.Module):
+        @nn.compact
+        def __call__(self, x, key):
+            return apply_rematerialised(GALRBlock(8, 4, 4, 0.5, True, 1e-5, name="block"),
+                                        x, True, key)
+
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 10, 16)), jnp.float32)
+    key = jax.random.PRNGKey(3)
+    variables = Rematerialised().init(jax.random.PRNGKey(0), x, None)
+    weights = jnp.asarray(np.random.default_rng(1).standard_normal(x.shape), jnp.float32)
+
+    def remat_loss(v, x):
+        return jnp.sum(Rematerialised().apply(v, x, key) * weights)
+
+    def direct_loss(v, x):
+        return jnp.sum(block.apply({"params": v["params"]["block"]}, x, True,
+                                   rngs={"dropout": key}) * weights)
+
+    remat_value, remat_grads = jax.jit(jax.value_and_grad(remat_loss, argnums=(0, 1)))(
+        variables, x)
+    direct_value, (direct_params, direct_x) = jax.jit(
+        jax.value_and_grad(direct_loss, argnums=(0, 1)))(variables, x)
+    np.testing.assert_allclose(remat_value, direct_value, rtol=1e-5)
+    # Dropout is really on: another key gives another loss.
+    other_key = block.apply({"params": variables["params"]["block"]}, x, True,
+                            rngs={"dropout": jax.random.PRNGKey(4)})
+    assert float(jnp.sum(other_key * weights)) != pytest.approx(float(direct_value), rel=1e-3)
+    direct_grads = jax.tree.leaves((direct_params, direct_x))
+    # Slack relative to the largest gradient: some are zero in exact arithmetic.
+    largest = max(np.max(np.abs(g)) for g in direct_grads)
+    for remat, direct in zip(jax.tree.leaves(remat_grads), direct_grads):
+        np.testing.assert_allclose(remat, direct, rtol=1e-4, atol=1e-5 * largest)
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_remat_lowers_the_compiled_train_step_memory(name):
+    # nn.remat alone left the peak where it was: XLA on CPU ran the recomputation beside
+    # the forward pass. Measured 0.68 (GALR) and 0.81 (DPRNN) of the plain peak.
+    config = model_config(name, num_blocks=4, hidden=32, features=32)
+    mixture = random_mixture(2, 8000)
+    temporaries = []
+    for remat in (False, True):
+        model = build_model(dataclasses.replace(config, remat=remat))
+        variables = model.init(jax.random.PRNGKey(0), mixture[:, :400])
+
+        def loss(v):
+            return jnp.sum(model.apply(v, mixture, train=True,
+                                       rngs={"dropout": jax.random.PRNGKey(1)}) ** 2)
+
+        compiled = jax.jit(jax.grad(loss)).lower(variables).compile()
+        temporaries.append(compiled.memory_analysis().temp_size_in_bytes)
+    assert temporaries[1] < 0.9 * temporaries[0], temporaries
 
 
 @pytest.mark.parametrize("name", list(SMALL))

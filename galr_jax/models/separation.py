@@ -11,6 +11,7 @@ from galr_jax.models.filterbank import Decoder, Encoder
 from galr_jax.models.galr import GALRBlock
 from galr_jax.models.mask_head import MaskHead
 from galr_jax.models.norms import GlobalLayerNorm
+from galr_jax.models.remat import DROPOUT, apply_rematerialised
 from galr_jax.models.segmentation import segment
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -44,12 +45,10 @@ class SeparationModel(nn.Module):
         c = self.config
         dtype = COMPUTE_DTYPES[c.compute_dtype]
         if c.separator == "galr":
-            block_cls = nn.remat(GALRBlock, static_argnums=(2,)) if c.remat else GALRBlock
-            return block_cls(c.hidden, c.num_heads, c.low_dim, c.attention_dropout,
+            return GALRBlock(c.hidden, c.num_heads, c.low_dim, c.attention_dropout,
                              c.attention_residual, c.norm_eps, c.lstm_unroll, dtype,
                              name=f"blocks_{index}")
-        block_cls = nn.remat(DPRNNBlock, static_argnums=(2,)) if c.remat else DPRNNBlock
-        return block_cls(c.hidden, c.norm_eps, c.lstm_unroll, dtype, name=f"blocks_{index}")
+        return DPRNNBlock(c.hidden, c.norm_eps, c.lstm_unroll, dtype, name=f"blocks_{index}")
 
     @nn.compact
     def __call__(self, mixture: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -67,7 +66,12 @@ class SeparationModel(nn.Module):
         x = nn.Dense(c.features, use_bias=c.separator == "dprnn", dtype=dtype, name="bottleneck")(x)
         x = segment(x, c.segment_length)  # [B, S, K, D]
         for index in range(c.num_blocks):
-            x = self._block(index)(x, train)
+            block = self._block(index)
+            if c.remat:
+                key = self.make_rng(DROPOUT) if train and self.uses_dropout else None
+                x = apply_rematerialised(block, x, train, key)
+            else:
+                x = block(x, train)
         masks = MaskHead(c.num_sources, c.num_filters, c.mask_nonlinearity, dtype,
                          name="mask_head")(x, encoded.shape[1])  # [B, C, F, N]
         separated = Decoder(c.window, dtype, name="decoder")(encoded[:, None] * masks, length)

@@ -1,0 +1,70 @@
+"""Rematerialisation of a block that happens in the backward pass, not beside the forward.
+
+``nn.remat`` (``jax.checkpoint``) only marks the block's forward for recomputation;
+XLA may schedule the recomputed forward as early as it likes. On CPU it runs it
+during the forward pass, next to the original, so every block's residuals are live
+at once and the peak does not fall (BENCHMARKS.md: galr_1.5m at 4 s, 3.53 GB plain
+and 3.54 GB under ``nn.remat``). Here the block's backward rule recomputes the
+forward from an input made to depend on the output's gradient: the recomputation
+cannot start before that gradient exists, so one block's residuals are live at a
+time (XLA still decides how much of their memory it reuses; BENCHMARKS.md has the
+figures).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DROPOUT = "dropout"
+
+
+def apply_rematerialised(block: nn.Module, x: jnp.ndarray, train: bool,
+                         dropout_key: Optional[jax.Array]) -> jnp.ndarray:
+    """``block(x, train)`` whose backward pass recomputes the block's forward.
+
+    Args:
+      block: a child module of the caller (unbound, as created in ``nn.compact``);
+        called as ``block(x, train)``.
+      x: the block's input, e.g. ``[batch, segments, K, D]``.
+      train: static training flag, passed to the block.
+      dropout_key: the block's ``dropout`` rng when it draws one (training with
+        dropout), else None. The caller draws it: the same key then serves the
+        forward pass and its recomputation. (Drawn inside the custom VJP, Flax's rng
+        counters gave the forward rule other masks than the primal function when the
+        two were traced separately, as under ``jax.grad(jax.jit(f))``.)
+
+    Returns:
+      The block's output, same shape as ``x``.
+    """
+    template = block.clone(parent=None)  # applied functionally: the backward has no scope
+
+    def pure(variables, key, x):
+        rngs = {DROPOUT: key} if key is not None else {}
+        return template.apply(variables, x, train, rngs=rngs)
+
+    def call(module, x, key):
+        if module.is_initializing():
+            return module(x, train)
+        return pure({"params": module.variables["params"]}, key, x)
+
+    def forward(module, x, key):
+        variables = {"params": module.variables["params"]}
+        return pure(variables, key, x), (variables, key, x)
+
+    def backward(residuals, d_out):
+        variables, key, x = residuals
+        # A data dependency, not an optimization barrier: XLA on CPU removes barriers
+        # before it schedules. Floats times zero are not simplified away (NaN), so the
+        # recomputation waits for d_out at the cost of one pass over x.
+        x = x + jnp.zeros((), x.dtype) * d_out.reshape(-1)[0].astype(x.dtype)
+        _, vjp = jax.vjp(lambda v, x: pure(v, key, x), variables, x)
+        d_variables, d_x = vjp(d_out)
+        d_key = None if key is None else np.zeros(key.shape, jax.dtypes.float0)
+        return d_variables, d_x, d_key
+
+    return nn.custom_vjp(call, forward, backward)(block, x, dropout_key)
