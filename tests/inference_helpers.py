@@ -7,7 +7,6 @@ signals, and a runner for the command-line tools in a subprocess.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from typing import Sequence
@@ -15,7 +14,8 @@ from typing import Sequence
 import numpy as np
 import soundfile
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from subprocess_env import REPO, cpu_environment
+
 SAMPLE_RATE = 8000
 TINY_MODEL = {
     "separator": "galr", "window": 16, "num_filters": 16, "features": 16, "hidden": 16,
@@ -87,11 +87,8 @@ def si_snr_db(estimate: np.ndarray, reference: np.ndarray) -> float:
 
 
 def environment(num_devices: int = 1) -> dict:
-    """Environment of a CLI subprocess: CPU with ``num_devices`` devices, the repo importable."""
-    env = dict(os.environ)
-    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=REPO, PYTHONIOENCODING="utf-8",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}")
-    return env
+    """Environment of a CLI subprocess (:func:`cpu_environment`)."""
+    return cpu_environment(num_devices)
 
 
 def run_cli(command: Sequence[str], num_devices: int = 1,

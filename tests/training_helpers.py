@@ -17,7 +17,8 @@ import numpy as np
 import soundfile
 import yaml
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from subprocess_env import REPO, cpu_environment
+
 SAMPLE_RATE = 8000
 # Small enough to compile in seconds on 2 cores, big enough to be a real GALR stack.
 TINY_MODEL = {
@@ -77,15 +78,8 @@ FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
 
 
 def environment(num_devices: int = 1, cache_dir: Optional[str] = None) -> dict:
-    """Environment of a training subprocess: CPU, ``num_devices`` devices, the repo on the
-    path, fast compilation, and (if given) a persistent compilation cache shared by runs."""
-    env = dict(os.environ)
-    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices} {FAST_COMPILE_FLAG}")
-    if cache_dir:
-        env.update(JAX_COMPILATION_CACHE_DIR=cache_dir,
-                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-    return env
+    """Environment of a training subprocess: :func:`cpu_environment` with fast compilation."""
+    return cpu_environment(num_devices, FAST_COMPILE_FLAG, cache_dir)
 
 
 def train_command(config: str, workdir: str, overrides: Iterable[str] = ()) -> list[str]:
