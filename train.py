@@ -26,7 +26,7 @@ import sys
 from typing import Optional, Sequence
 
 # Neither imports jax: --help stays fast, and the allocator is set before XLA starts.
-from galr_jax.config import add_override_argument
+from galr_jax.config import ConfigError, add_override_argument, load_config
 from galr_jax.host_memory import keep_freed_memory
 
 EXIT_DIVERGED = 1
@@ -70,7 +70,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # Imported after parsing so --help is fast; jax must not touch devices before
     # jax.distributed.initialize.
     from galr_jax.checkpoints import CheckpointError
-    from galr_jax.config import ConfigError, load_config
     from galr_jax.data import AudioError, DatasetError
     from galr_jax.training import TrainingDiverged, initialize_distributed, train_and_evaluate
     from galr_jax.training.workdir import WorkdirError

@@ -15,10 +15,11 @@ shared with other processes that makes the reference several times slower than i
 really is. Unless OMP_WAIT_POLICY is already set, this script sets it to PASSIVE
 before PyTorch loads, and records the value in the JSON.
 
-Both frameworks run with the host allocator settings of the package's command lines
+Both frameworks run with the host allocator settings that ``train.py`` uses
 (:mod:`galr_jax.host_memory`: freed memory stays in the process, so no call pays for
 page faults on its buffers); ``GALR_JAX_SYSTEM_MALLOC=1`` measures glibc's defaults.
-The JSON records which.
+The JSON records which. The long-audio run (a subprocess) measures ``galr-separate``
+as it runs, without them.
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ zeroes them: gigabytes per train step (XLA's peak estimate for galr_1.5m at 4 s 
 The settings: one arena (every thread allocates from the main heap), no ``mmap``
 for any size, and no trimming, so freed memory stays in the process. The resident
 set then stays at its high-water mark. A training process reaches that mark on
-every step anyway. ``train.py`` and the benchmarks apply the settings. Inference
-does not: separating a recording was no faster with them, and over an hour of
-chunks the heap grew by 680 MB.
+every step anyway. ``train.py`` and the training benchmarks apply the settings.
+Inference does not: separating a recording was no faster with them, and over an
+hour of chunks the heap grew by 680 MB.
 
 Only glibc has these knobs; elsewhere (macOS, musl) this does nothing. Set
 ``GALR_JAX_SYSTEM_MALLOC=1`` to keep the system defaults.
