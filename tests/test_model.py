@@ -15,7 +15,7 @@ import pytest
 
 from galr_jax import ConfigError, build_model, load_config
 from galr_jax.config import config_from_dict
-from galr_jax.models import GALRBlock, GloballyAttentive
+from galr_jax.models import Dropout, GALRBlock, GloballyAttentive
 from galr_jax.models.remat import apply_rematerialised
 from galr_jax import summary
 from galr_jax.summary import count_params
@@ -116,7 +116,7 @@ def test_attention_dropout_masks_differ_between_sequences():
     variables = jax.jit(module.init)(jax.random.PRNGKey(0), twins)
 
     def only_attention_weights_dropout(next_fun, args, kwargs, context):
-        if isinstance(context.module, nn.Dropout):  # the dropout on the attention output
+        if isinstance(context.module, Dropout):  # the dropout on the attention output
             return args[0]
         return next_fun(*args, **kwargs)
 

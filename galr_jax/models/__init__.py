@@ -1,6 +1,7 @@
 """Flax modules of GALR and DPRNN, one part of the architecture per module."""
 
 from galr_jax.models.dprnn import DPRNNBlock
+from galr_jax.models.dropout import Dropout
 from galr_jax.models.filterbank import Decoder, Encoder
 from galr_jax.models.galr import GALRBlock, GloballyAttentive, LocallyRecurrent, SegmentLengthMap
 from galr_jax.models.mask_head import MaskHead
@@ -10,7 +11,7 @@ from galr_jax.models.segmentation import overlap_add, segment
 from galr_jax.models.separation import SeparationModel, build_model
 
 __all__ = [
-    "BiLSTM", "DPRNNBlock", "Decoder", "Encoder", "GALRBlock", "GlobalLayerNorm",
+    "BiLSTM", "DPRNNBlock", "Decoder", "Dropout", "Encoder", "GALRBlock", "GlobalLayerNorm",
     "GloballyAttentive", "LocallyRecurrent", "MaskHead", "SegmentLengthMap", "SeparationModel",
     "build_model", "overlap_add", "segment",
 ]

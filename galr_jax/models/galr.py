@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from galr_jax.models.dropout import Dropout, dropout
 from galr_jax.models.norms import GlobalLayerNorm
 from galr_jax.models.recurrent import BiLSTM
 
@@ -29,34 +30,52 @@ def sinusoidal_positions(num_positions: int, features: int) -> np.ndarray:
     return table.astype(np.float32)
 
 
-def heads_as_batch_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray,
-                             mask: Optional[jnp.ndarray] = None,
-                             dropout_rng: Optional[jax.Array] = None, dropout_rate: float = 0.0,
-                             broadcast_dropout: bool = True, deterministic: bool = False,
-                             dtype: Any = None, precision: Any = None) -> jnp.ndarray:
-    """``flax.linen.dot_product_attention`` with the heads folded into the batch.
+def dot_product_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray,
+                          dropout_rng: Optional[jax.Array] = None, dropout_rate: float = 0.0,
+                          deterministic: bool = False, dtype: Any = None,
+                          precision: Any = None) -> jnp.ndarray:
+    """Scaled dot-product attention with an independent dropout draw per weight.
 
-    Same arguments, result and dropout mask as Flax's function: the attention
-    weights are ``[batch * heads, 1, q, k]`` instead of ``[batch..., heads, q, k]``,
-    the same elements in the same order, so dropout draws the same random bits.
-    Flax's einsums keep the heads between the sequence and depth axes, which XLA on
-    CPU runs as thousands of tiny strided products; with the heads folded into the
+    ``flax.linen.dot_product_attention`` without masks, its dropout drawn by
+    :func:`galr_jax.models.dropout.dropout` (a counter-based hash: threefry's bits were
+    half of the attention layer's training forward on CPU). Every sequence and head gets
+    its own mask, as in torch's ``MultiheadAttention``.
+
+    Shape:
+      query, key, value ``[batch..., length, heads, depth]`` -> same as query; the
+      attention weights are ``[batch..., heads, length, length]``.
+    """
+    weights = nn.dot_product_attention_weights(query, key, deterministic=True, dtype=dtype,
+                                               precision=precision)
+    if not deterministic and dropout_rate > 0.0:
+        weights = dropout(weights, dropout_rng, dropout_rate)
+    return jnp.einsum("...hqk,...khd->...qhd", weights, value, precision=precision)
+
+
+def heads_as_batch_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray,
+                             dropout_rng: Optional[jax.Array] = None, dropout_rate: float = 0.0,
+                             deterministic: bool = False, dtype: Any = None,
+                             precision: Any = None) -> jnp.ndarray:
+    """:func:`dot_product_attention` with the heads folded into the batch.
+
+    Same arguments, result and dropout mask: the attention weights are
+    ``[batch * heads, 1, q, k]`` instead of ``[batch..., heads, q, k]``, the same
+    elements in the same order, so the mask (a function of the flat index) is the
+    same. Flax's einsums keep the heads between the sequence and depth axes, which XLA
+    on CPU runs as thousands of tiny strided products; with the heads folded into the
     batch the two products are plain batched matrix products, about 2x faster.
 
     Shape:
       query, key, value ``[batch..., length, heads, depth]`` -> same as query.
     """
-    if mask is not None:
-        raise ValueError("heads_as_batch_attention: masks are not supported")
     *batch, length, heads, depth = query.shape
 
     def fold(x):  # [batch..., length, heads, depth] -> [batch * heads, length, 1, depth]
         return jnp.moveaxis(x, -2, -3).reshape(-1, x.shape[-3], 1, depth)
 
-    out = nn.dot_product_attention(
+    out = dot_product_attention(
         fold(query), fold(key), fold(value), dropout_rng=dropout_rng, dropout_rate=dropout_rate,
-        broadcast_dropout=broadcast_dropout, deterministic=deterministic, dtype=dtype,
-        precision=precision)
+        deterministic=deterministic, dtype=dtype, precision=precision)
     return jnp.moveaxis(out.reshape(*batch, heads, length, depth), -3, -2)
 
 
@@ -145,17 +164,14 @@ class GloballyAttentive(nn.Module):
         tokens = nn.LayerNorm(epsilon=self.norm_eps, use_fast_variance=False, dtype=self.dtype,
                               name="norm_in")(tokens)
         tokens = tokens + sinusoidal_positions(segments, features).astype(tokens.dtype)
-        # broadcast_dropout=False: an independent dropout mask per sequence and head, as
-        # torch's MultiheadAttention (Flax's default shares one mask across the batch).
         # Measured on CPU (BENCHMARKS.md): folding the heads into the batch speeds up
         # the forward pass, but Flax's own layout gives the faster backward pass.
-        attention_fn = nn.dot_product_attention if train else heads_as_batch_attention
+        attention_fn = dot_product_attention if train else heads_as_batch_attention
         attended = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.dropout,
-            broadcast_dropout=False, deterministic=not train, attention_fn=attention_fn,
-            name="attention")(tokens, tokens)
+            deterministic=not train, attention_fn=attention_fn, name="attention")(tokens, tokens)
         residual = tokens if self.attention_residual else attended
-        dropped = nn.Dropout(self.dropout, deterministic=not train)(attended)
+        dropped = Dropout(self.dropout, deterministic=not train)(attended)
         tokens = nn.LayerNorm(epsilon=self.norm_eps, use_fast_variance=False, dtype=self.dtype,
                               name="norm_out")(residual + dropped)
         y = jnp.swapaxes(tokens, 1, 2)  # [batch, segments, Q, D]

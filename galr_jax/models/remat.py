@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-DROPOUT = "dropout"
+from galr_jax.models.dropout import DROPOUT
 
 
 def apply_rematerialised(block: nn.Module, x: jnp.ndarray, train: bool,

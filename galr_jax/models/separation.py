@@ -7,11 +7,12 @@ import jax.numpy as jnp
 
 from galr_jax.config import Config, ModelConfig
 from galr_jax.models.dprnn import DPRNNBlock
+from galr_jax.models.dropout import DROPOUT
 from galr_jax.models.filterbank import Decoder, Encoder
 from galr_jax.models.galr import GALRBlock
 from galr_jax.models.mask_head import MaskHead
 from galr_jax.models.norms import GlobalLayerNorm
-from galr_jax.models.remat import DROPOUT, apply_rematerialised
+from galr_jax.models.remat import apply_rematerialised
 from galr_jax.models.segmentation import segment
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}

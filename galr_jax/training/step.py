@@ -30,6 +30,7 @@ from jax import lax
 
 from galr_jax import losses
 from galr_jax.models import SeparationModel
+from galr_jax.models.dropout import DROPOUT
 from galr_jax.training.optim import LearningRateFn
 from galr_jax.training.state import TrainState
 
@@ -64,7 +65,7 @@ def batch_loss(model: SeparationModel, params: Any, batch: Batch, keys: jax.Arra
     if model.uses_dropout:
         def separate(mixture, key):  # [T] -> [C, T]; vmapped so each row has its own key
             return model.apply({"params": params}, mixture[None], train=True,
-                               rngs={"dropout": key})[0]
+                               rngs={DROPOUT: key})[0]
 
         estimates = jax.vmap(separate)(batch["mixture"], keys)
     else:
