@@ -61,26 +61,30 @@ def test_bfloat16_compute_keeps_float32_params_and_a_finite_loss(results):
     assert all(v.dtype == np.float32 for v in after.values())
     assert np.isfinite(float(results["bfloat16/finite/metrics/loss"]))
     assert int(results["bfloat16/finite/metrics/skipped"]) == 0
-    # Same data and the same initial params (the float32 run's NaN step changed nothing):
-    # bfloat16 moves the loss by rounding only.
+    # Same data, the same initial params (each run's NaN step changed nothing) and the same
+    # step, so the same dropout masks: bfloat16 moves the loss by rounding only.
     f32_loss = float(results["float32/finite/metrics/loss"])
     assert float(results["bfloat16/finite/metrics/loss"]) == pytest.approx(f32_loss, abs=0.5)
 
 
-def test_a_model_without_dropout_takes_the_whole_batch_in_one_call():
-    """The unvmapped path gives the loss and gradient of the per-row (vmapped) path."""
-    assert build_model(config_from_dict({"model": TINY_MODEL})).uses_dropout
-    model = build_model(config_from_dict({"model": {**TINY_MODEL, "attention_dropout": 0.0}}))
-    assert not model.uses_dropout
+@pytest.mark.parametrize("dropout", [0.1, 0.0])
+def test_the_whole_batch_in_one_call_equals_its_rows_apart(dropout):
+    """One call on all rows gives the mean loss and gradient of the rows taken one at a
+    time, each with its global row index: the property that makes an update independent
+    of how the batch is split over devices, dropout masks included."""
+    model = build_model(config_from_dict({"model": {**TINY_MODEL, "attention_dropout": dropout}}))
+    assert model.uses_dropout == (dropout > 0)
+    key = jax.random.PRNGKey(7)
     rng = np.random.default_rng(0)
     batch = {"mixture": rng.standard_normal((3, 640)).astype(np.float32),
              "sources": rng.standard_normal((3, 2, 640)).astype(np.float32)}
     params = model.init(jax.random.PRNGKey(0), batch["mixture"])["params"]
     whole_loss, whole_grads = jax.value_and_grad(
-        lambda p: batch_loss(model, p, batch, None))(params)
+        lambda p: batch_loss(model, p, batch, key))(params)
 
     def row_loss(p, row):
-        return batch_loss(model, p, {k: v[row:row + 1] for k, v in batch.items()}, None)
+        return batch_loss(model, p, {k: v[row:row + 1] for k, v in batch.items()}, key,
+                          first_row=row)
 
     rows = [jax.value_and_grad(row_loss)(params, row) for row in range(3)]
     assert abs(float(whole_loss) - np.mean([float(loss) for loss, _ in rows])) < 1e-5
@@ -90,3 +94,8 @@ def test_a_model_without_dropout_takes_the_whole_batch_in_one_call():
     worst = max(jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))),
                                              whole_grads, mean_grads)))
     assert scale > 1e-3 and worst < 1e-5 * scale
+    if dropout:
+        # The rows' global indices matter: row 1 drawn as if it were row 0 is another draw.
+        shifted = batch_loss(model, params, {k: v[1:2] for k, v in batch.items()}, key,
+                             first_row=0)
+        assert abs(float(shifted) - float(rows[1][0])) > 1e-4

@@ -23,8 +23,8 @@ class DPRNNBlock(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-        del train  # DPRNN has no dropout
+    def __call__(self, x: jnp.ndarray, train: bool = False, first_row: Any = 0) -> jnp.ndarray:
+        del train, first_row  # DPRNN has no dropout
         x = LocallyRecurrent(self.hidden, self.norm_eps, False, self.unroll, self.dtype,
                              name="intra")(x)
         across = jnp.swapaxes(x, 1, 2)  # [batch, K, segments, D]: recur along segments

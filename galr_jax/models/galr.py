@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import functools
+from typing import Any, Optional, Union
 
 import flax.linen as nn
 import jax
@@ -33,13 +34,16 @@ def sinusoidal_positions(num_positions: int, features: int) -> np.ndarray:
 def dot_product_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray,
                           dropout_rng: Optional[jax.Array] = None, dropout_rate: float = 0.0,
                           deterministic: bool = False, dtype: Any = None,
-                          precision: Any = None) -> jnp.ndarray:
+                          precision: Any = None, rows: int = 1,
+                          first_row: Union[int, jax.Array] = 0) -> jnp.ndarray:
     """Scaled dot-product attention with an independent dropout draw per weight.
 
     ``flax.linen.dot_product_attention`` without masks, its dropout drawn by
     :func:`galr_jax.models.dropout.dropout` (a counter-based hash: threefry's bits were
     half of the attention layer's training forward on CPU). Every sequence and head gets
-    its own mask, as in torch's ``MultiheadAttention``.
+    its own mask, as in torch's ``MultiheadAttention``. ``rows`` examples lie along the
+    leading batch axis, the first with global index ``first_row`` (see
+    :func:`galr_jax.models.dropout.keep_mask`).
 
     Shape:
       query, key, value ``[batch..., length, heads, depth]`` -> same as query; the
@@ -48,14 +52,15 @@ def dot_product_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarr
     weights = nn.dot_product_attention_weights(query, key, deterministic=True, dtype=dtype,
                                                precision=precision)
     if not deterministic and dropout_rate > 0.0:
-        weights = dropout(weights, dropout_rng, dropout_rate)
+        weights = dropout(weights, dropout_rng, dropout_rate, rows=rows, first_row=first_row)
     return jnp.einsum("...hqk,...khd->...qhd", weights, value, precision=precision)
 
 
 def heads_as_batch_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray,
                              dropout_rng: Optional[jax.Array] = None, dropout_rate: float = 0.0,
                              deterministic: bool = False, dtype: Any = None,
-                             precision: Any = None) -> jnp.ndarray:
+                             precision: Any = None, rows: int = 1,
+                             first_row: Union[int, jax.Array] = 0) -> jnp.ndarray:
     """:func:`dot_product_attention` with the heads folded into the batch.
 
     Same arguments, result and dropout mask: the attention weights are
@@ -75,7 +80,8 @@ def heads_as_batch_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.nd
 
     out = dot_product_attention(
         fold(query), fold(key), fold(value), dropout_rng=dropout_rng, dropout_rate=dropout_rate,
-        deterministic=deterministic, dtype=dtype, precision=precision)
+        deterministic=deterministic, dtype=dtype, precision=precision, rows=rows,
+        first_row=first_row)
     return jnp.moveaxis(out.reshape(*batch, heads, length, depth), -3, -2)
 
 
@@ -155,7 +161,8 @@ class GloballyAttentive(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, train: bool = False,
+                 first_row: Union[int, jax.Array] = 0) -> jnp.ndarray:
         batch, segments, length, features = x.shape
         y = x
         if self.low_dim is not None:
@@ -166,12 +173,14 @@ class GloballyAttentive(nn.Module):
         tokens = tokens + sinusoidal_positions(segments, features).astype(tokens.dtype)
         # Measured on CPU (BENCHMARKS.md): folding the heads into the batch speeds up
         # the forward pass, but Flax's own layout gives the faster backward pass.
-        attention_fn = dot_product_attention if train else heads_as_batch_attention
+        attention_fn = functools.partial(
+            dot_product_attention if train else heads_as_batch_attention, rows=batch,
+            first_row=first_row)
         attended = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.dropout,
             deterministic=not train, attention_fn=attention_fn, name="attention")(tokens, tokens)
         residual = tokens if self.attention_residual else attended
-        dropped = Dropout(self.dropout, deterministic=not train)(attended)
+        dropped = Dropout(self.dropout, deterministic=not train)(attended, first_row=first_row)
         tokens = nn.LayerNorm(epsilon=self.norm_eps, use_fast_variance=False, dtype=self.dtype,
                               name="norm_out")(residual + dropped)
         y = jnp.swapaxes(tokens, 1, 2)  # [batch, segments, Q, D]
@@ -197,9 +206,10 @@ class GALRBlock(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, train: bool = False,
+                 first_row: Union[int, jax.Array] = 0) -> jnp.ndarray:
         x = LocallyRecurrent(self.hidden, self.norm_eps, True, self.unroll, self.dtype,
                              name="locally_recurrent")(x)
         return GloballyAttentive(self.num_heads, self.low_dim, self.dropout,
                                  self.attention_residual, self.norm_eps, self.dtype,
-                                 name="globally_attentive")(x, train)
+                                 name="globally_attentive")(x, train, first_row)

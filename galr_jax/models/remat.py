@@ -13,7 +13,7 @@ figures).
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import flax.linen as nn
 import jax
@@ -24,12 +24,13 @@ from galr_jax.models.dropout import DROPOUT
 
 
 def apply_rematerialised(block: nn.Module, x: jnp.ndarray, train: bool,
-                         dropout_key: Optional[jax.Array]) -> jnp.ndarray:
-    """``block(x, train)`` whose backward pass recomputes the block's forward.
+                         dropout_key: Optional[jax.Array],
+                         first_row: Union[int, jax.Array] = 0) -> jnp.ndarray:
+    """``block(x, train, first_row)`` whose backward pass recomputes the block's forward.
 
     Args:
       block: a child module of the caller (unbound, as created in ``nn.compact``);
-        called as ``block(x, train)``.
+        called as ``block(x, train, first_row)``.
       x: the block's input, e.g. ``[batch, segments, K, D]``.
       train: static training flag, passed to the block.
       dropout_key: the block's ``dropout`` rng when it draws one (training with
@@ -37,34 +38,37 @@ def apply_rematerialised(block: nn.Module, x: jnp.ndarray, train: bool,
         forward pass and its recomputation. (Drawn inside the custom VJP, Flax's rng
         counters gave the forward rule other masks than the primal function when the
         two were traced separately, as under ``jax.grad(jax.jit(f))``.)
+      first_row: global index of the batch's first example, for the dropout masks.
 
     Returns:
       The block's output, same shape as ``x``.
     """
     template = block.clone(parent=None)  # applied functionally: the backward has no scope
 
-    def pure(variables, key, x):
+    def pure(variables, key, first_row, x):
         rngs = {DROPOUT: key} if key is not None else {}
-        return template.apply(variables, x, train, rngs=rngs)
+        return template.apply(variables, x, train, first_row, rngs=rngs)
 
-    def call(module, x, key):
+    def call(module, x, key, first_row):
         if module.is_initializing():
-            return module(x, train)
-        return pure({"params": module.variables["params"]}, key, x)
+            return module(x, train, first_row)
+        return pure({"params": module.variables["params"]}, key, first_row, x)
 
-    def forward(module, x, key):
+    def forward(module, x, key, first_row):
         variables = {"params": module.variables["params"]}
-        return pure(variables, key, x), (variables, key, x)
+        return pure(variables, key, first_row, x), (variables, key, first_row, x)
 
     def backward(residuals, d_out):
-        variables, key, x = residuals
+        variables, key, first_row, x = residuals
         # A data dependency, not an optimization barrier: XLA on CPU removes barriers
         # before it schedules. Floats times zero are not simplified away (NaN), so the
         # recomputation waits for d_out at the cost of one pass over x.
         x = x + jnp.zeros((), x.dtype) * d_out.reshape(-1)[0].astype(x.dtype)
-        _, vjp = jax.vjp(lambda v, x: pure(v, key, x), variables, x)
+        _, vjp = jax.vjp(lambda v, x: pure(v, key, first_row, x), variables, x)
         d_variables, d_x = vjp(d_out)
         d_key = None if key is None else np.zeros(key.shape, jax.dtypes.float0)
-        return d_variables, d_x, d_key
+        d_first_row = np.zeros(np.shape(first_row), jax.dtypes.float0)
+        return d_variables, d_x, d_key, d_first_row
 
-    return nn.custom_vjp(call, forward, backward)(block, x, dropout_key)
+    return nn.custom_vjp(call, forward, backward)(block, x, dropout_key,
+                                                  jnp.asarray(first_row, jnp.int32))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Union
+
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from galr_jax.config import Config, ModelConfig
@@ -33,6 +36,10 @@ class SeparationModel(nn.Module):
       >>> estimates = model.apply(variables, mixture)             # inference
       >>> estimates = model.apply(variables, mixture, train=True,
       ...                         rngs={"dropout": key})           # training (dropout on)
+
+    ``first_row`` is the global index of the batch's first example. Dropout masks are
+    drawn per (key, global example), so a global batch split over devices, each device
+    passing its own ``first_row`` and the same key, draws what it draws on one device.
     """
 
     config: ModelConfig
@@ -52,7 +59,8 @@ class SeparationModel(nn.Module):
         return DPRNNBlock(c.hidden, c.norm_eps, c.lstm_unroll, dtype, name=f"blocks_{index}")
 
     @nn.compact
-    def __call__(self, mixture: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    def __call__(self, mixture: jnp.ndarray, train: bool = False,
+                 first_row: Union[int, jax.Array] = 0) -> jnp.ndarray:
         if mixture.ndim != 2:
             raise ValueError(f"mixture must be [batch, time], got shape {mixture.shape}")
         if mixture.shape[1] < 1:
@@ -70,9 +78,9 @@ class SeparationModel(nn.Module):
             block = self._block(index)
             if c.remat:
                 key = self.make_rng(DROPOUT) if train and self.uses_dropout else None
-                x = apply_rematerialised(block, x, train, key)
+                x = apply_rematerialised(block, x, train, key, first_row)
             else:
-                x = block(x, train)
+                x = block(x, train, first_row)
         masks = MaskHead(c.num_sources, c.num_filters, c.mask_nonlinearity, dtype,
                          name="mask_head")(x, encoded.shape[1])  # [B, C, F, N]
         separated = Decoder(c.window, dtype, name="decoder")(encoded[:, None] * masks, length)

@@ -14,14 +14,15 @@ the device count. The step therefore marks the parameters as device-varying with
 gradient under either backend, and exactly one ``pmean`` averages them.
 ``tests/test_train_parallel.py`` checks the result against a single device.
 
-Dropout keys are derived from the global row index of each example, so one global
-batch gives the same update on any number of devices or hosts. A model without
-dropout skips the per-example ``vmap`` and takes all rows in one call.
+Dropout: every device draws with the same step key and passes the global index of
+its first row, and the masks are functions of (key, global row)
+(:func:`galr_jax.models.dropout.keep_mask`), so one global batch gives the same update
+on any number of devices or hosts, with every row in one call of the model.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -40,15 +41,8 @@ Batch = Mapping[str, jax.Array]
 StepFn = Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]
 
 
-def _example_keys(state: TrainState, num_rows: int) -> jax.Array:
-    """One dropout key per example, from the step and the example's global row."""
-    first_row = lax.axis_index(DATA_AXIS) * num_rows
-    step_key = jax.random.fold_in(state.rng, state.step)
-    rows = first_row + jnp.arange(num_rows)
-    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(step_key, rows)
-
-
-def batch_loss(model: SeparationModel, params: Any, batch: Batch, keys: jax.Array) -> jax.Array:
+def batch_loss(model: SeparationModel, params: Any, batch: Batch, key: Optional[jax.Array],
+               first_row: Union[int, jax.Array] = 0) -> jax.Array:
     """Mean PIT negative SI-SNR of this device's rows.
 
     Args:
@@ -56,23 +50,19 @@ def batch_loss(model: SeparationModel, params: Any, batch: Batch, keys: jax.Arra
       params: its ``params`` collection.
       batch: ``mixture [b, T]``, ``sources [b, C, T]`` and optionally ``lengths [b]``
         (valid samples; zero padding past them is ignored by the loss).
-      keys: ``[b, 2]`` dropout keys, one per example; unused (may be None) when the
-        model has no dropout.
+      key: the step's dropout key, the same on every device; unused (may be None)
+        when the model has no dropout.
+      first_row: global index of this device's first row.
 
     Returns:
       Scalar float32 loss in dB (lower is better).
     """
-    if model.uses_dropout:
-        def separate(mixture, key):  # [T] -> [C, T]; vmapped so each row has its own key
-            return model.apply({"params": params}, mixture[None], train=True,
-                               rngs={DROPOUT: key})[0]
-
-        estimates = jax.vmap(separate)(batch["mixture"], keys)
-    else:
-        # Nothing random: one call on all rows. vmap would put its batch axis in front of
-        # every scan's stacked outputs, which XLA then transposes (demo config on two CPU
-        # devices: 2.8 steps/s under vmap, 3.2 without).
-        estimates = model.apply({"params": params}, batch["mixture"], train=True)
+    # One call on all rows, never a per-example vmap: vmap would put its batch axis in
+    # front of every scan's stacked outputs, which XLA then transposes (demo config on
+    # two CPU devices: 2.8 steps/s under vmap, 3.2 without).
+    rngs = {DROPOUT: key} if model.uses_dropout else {}
+    estimates = model.apply({"params": params}, batch["mixture"], train=True,
+                            first_row=first_row, rngs=rngs)
     loss, _ = losses.pit_neg_si_snr(estimates, batch["sources"], batch.get("lengths"))
     return jnp.mean(loss)
 
@@ -96,9 +86,11 @@ def train_step(state: TrainState, batch: Batch, lr_scale: jax.Array, *,
       The new state and replicated float32/int32 scalars: ``loss``, ``grad_norm``,
       ``learning_rate``, ``skipped`` (0/1), ``skipped_steps``, ``consecutive_skips``.
     """
-    keys = _example_keys(state, batch["mixture"].shape[0])
+    first_row = lax.axis_index(DATA_AXIS) * batch["mixture"].shape[0]
+    key = jax.random.fold_in(state.rng, state.step)
     params = lax.pcast(state.params, DATA_AXIS, to="varying")
-    loss, grads = jax.value_and_grad(lambda p: batch_loss(model, p, batch, keys))(params)
+    loss, grads = jax.value_and_grad(
+        lambda p: batch_loss(model, p, batch, key, first_row))(params)
     loss, grads = lax.pmean((loss, grads), DATA_AXIS)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
