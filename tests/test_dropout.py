@@ -1,5 +1,5 @@
-"""The counter-based dropout mask: keep rate, independence, determinism, scaling, and
-the attention functions that use it."""
+"""The counter-based dropout mask (keep rate, independence, determinism, scaling) and the
+self-attention that uses it (Flax's parameters and output, per-example masks)."""
 
 import flax.linen as nn
 import jax
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from galr_jax.models.dropout import Dropout, dropout, keep_mask
-from galr_jax.models.galr import dot_product_attention, heads_as_batch_attention
+from galr_jax.models.attention import MultiHeadSelfAttention, dot_product_attention
 
 SHAPE = (64, 4, 41, 41)  # attention-weight shaped: [batch * Q, heads, S, S]
 SIZE = int(np.prod(SHAPE))
@@ -85,22 +85,46 @@ def test_dropout_under_vmap_gives_each_row_its_own_mask():
     assert (np.asarray(rows[0]) != np.asarray(rows[1])).mean() > 0.3
 
 
-def test_attention_without_dropout_equals_flax():
-    q, k, v = (jnp.asarray(np.random.default_rng(i).standard_normal((3, 2, 7, 4, 8)), jnp.float32)
-               for i in range(3))
-    expected = nn.dot_product_attention(q, k, v)
-    np.testing.assert_allclose(dot_product_attention(q, k, v, deterministic=True), expected,
-                               rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(heads_as_batch_attention(q, k, v, deterministic=True), expected,
+def test_self_attention_has_flax_parameters_initialisation_and_output():
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 2, 7, 16)), jnp.float32)
+    ours = MultiHeadSelfAttention(num_heads=4)
+    flax_mha = nn.MultiHeadDotProductAttention(num_heads=4, deterministic=True)
+    variables = ours.init(jax.random.PRNGKey(0), x)
+    flax_variables = flax_mha.init(jax.random.PRNGKey(0), x, x)
+    assert jax.tree.structure(variables) == jax.tree.structure(flax_variables)
+    for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(flax_variables)):
+        np.testing.assert_array_equal(a, b)  # same names, shapes and initial values
+    # Non-zero biases, so that a misplaced bias would show.
+    variables = jax.tree.map(
+        lambda v: v + 0.1 * jnp.asarray(np.random.default_rng(1).standard_normal(v.shape)),
+        variables)
+    np.testing.assert_allclose(ours.apply(variables, x), flax_mha.apply(variables, x, x),
                                rtol=1e-5, atol=1e-6)
 
 
-def test_both_attention_layouts_draw_the_same_dropout_mask():
-    q, k, v = (jnp.asarray(np.random.default_rng(i).standard_normal((3, 7, 4, 8)), jnp.float32)
-               for i in range(3))
-    kwargs = dict(dropout_rng=jax.random.PRNGKey(7), dropout_rate=0.5, deterministic=False)
-    dropped = dot_product_attention(q, k, v, **kwargs)
-    np.testing.assert_allclose(heads_as_batch_attention(q, k, v, **kwargs), dropped,
-                               rtol=1e-5, atol=1e-6)
-    undropped = dot_product_attention(q, k, v, deterministic=True)
-    assert float(jnp.max(jnp.abs(dropped - undropped))) > 1e-2
+def test_self_attention_dropout_draws_per_example_masks():
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 3, 9, 16)), jnp.float32)
+    module = MultiHeadSelfAttention(num_heads=4, dropout=0.5)
+    variables = module.init(jax.random.PRNGKey(0), x)
+    evaluated = module.apply(variables, x)
+    np.testing.assert_array_equal(module.apply(variables, x, train=False,
+                                               rngs={"dropout": jax.random.PRNGKey(1)}), evaluated)
+    rngs = {"dropout": jax.random.PRNGKey(1)}
+    trained = module.apply(variables, x, train=True, rngs=rngs)
+    assert float(jnp.max(jnp.abs(trained - evaluated))) > 1e-2
+    # Example 1 of the batch is drawn as the example of global index 1 alone.
+    alone = module.apply(variables, x[1:], train=True, rngs=rngs, first_row=1)
+    np.testing.assert_allclose(alone, trained[1:], rtol=1e-5, atol=1e-6)
+
+
+def test_attention_weights_dropout_scales_the_kept_weights():
+    q, k = (jnp.asarray(np.random.default_rng(i).standard_normal((5, 7, 8)), jnp.float32)
+            for i in range(2))
+    identity = jnp.broadcast_to(jnp.eye(7), (5, 7, 7))
+    undropped = dot_product_attention(q, k, identity)
+    dropped = dot_product_attention(q, k, identity, dropout_rng=jax.random.PRNGKey(2), dropout_rate=0.5)
+    # With V = I the output is the weight matrix itself: kept weights doubled, the rest 0.
+    kept = np.asarray(dropped) != 0
+    assert 0.3 < kept.mean() < 0.7
+    np.testing.assert_allclose(np.asarray(dropped)[kept], 2 * np.asarray(undropped)[kept],
+                               rtol=1e-5)

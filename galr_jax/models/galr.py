@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Optional, Union
 
 import flax.linen as nn
@@ -10,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from galr_jax.models.dropout import Dropout, dropout
+from galr_jax.models.attention import MultiHeadSelfAttention
+from galr_jax.models.dropout import Dropout
 from galr_jax.models.norms import GlobalLayerNorm
 from galr_jax.models.recurrent import BiLSTM
 
@@ -29,60 +29,6 @@ def sinusoidal_positions(num_positions: int, features: int) -> np.ndarray:
     table[:, 0::2] = np.sin(positions * rates)
     table[:, 1::2] = np.cos(positions * rates)
     return table.astype(np.float32)
-
-
-def dot_product_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray,
-                          dropout_rng: Optional[jax.Array] = None, dropout_rate: float = 0.0,
-                          deterministic: bool = False, dtype: Any = None,
-                          precision: Any = None, rows: int = 1,
-                          first_row: Union[int, jax.Array] = 0) -> jnp.ndarray:
-    """Scaled dot-product attention with an independent dropout draw per weight.
-
-    ``flax.linen.dot_product_attention`` without masks, its dropout drawn by
-    :func:`galr_jax.models.dropout.dropout` (a counter-based hash: threefry's bits were
-    half of the attention layer's training forward on CPU). Every sequence and head gets
-    its own mask, as in torch's ``MultiheadAttention``. ``rows`` examples lie along the
-    leading batch axis, the first with global index ``first_row`` (see
-    :func:`galr_jax.models.dropout.keep_mask`).
-
-    Shape:
-      query, key, value ``[batch..., length, heads, depth]`` -> same as query; the
-      attention weights are ``[batch..., heads, length, length]``.
-    """
-    weights = nn.dot_product_attention_weights(query, key, deterministic=True, dtype=dtype,
-                                               precision=precision)
-    if not deterministic and dropout_rate > 0.0:
-        weights = dropout(weights, dropout_rng, dropout_rate, rows=rows, first_row=first_row)
-    return jnp.einsum("...hqk,...khd->...qhd", weights, value, precision=precision)
-
-
-def heads_as_batch_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray,
-                             dropout_rng: Optional[jax.Array] = None, dropout_rate: float = 0.0,
-                             deterministic: bool = False, dtype: Any = None,
-                             precision: Any = None, rows: int = 1,
-                             first_row: Union[int, jax.Array] = 0) -> jnp.ndarray:
-    """:func:`dot_product_attention` with the heads folded into the batch.
-
-    Same arguments, result and dropout mask: the attention weights are
-    ``[batch * heads, 1, q, k]`` instead of ``[batch..., heads, q, k]``, the same
-    elements in the same order, so the mask (a function of the flat index) is the
-    same. Flax's einsums keep the heads between the sequence and depth axes, which XLA
-    on CPU runs as thousands of tiny strided products; with the heads folded into the
-    batch the two products are plain batched matrix products, about 2x faster.
-
-    Shape:
-      query, key, value ``[batch..., length, heads, depth]`` -> same as query.
-    """
-    *batch, length, heads, depth = query.shape
-
-    def fold(x):  # [batch..., length, heads, depth] -> [batch * heads, length, 1, depth]
-        return jnp.moveaxis(x, -2, -3).reshape(-1, x.shape[-3], 1, depth)
-
-    out = dot_product_attention(
-        fold(query), fold(key), fold(value), dropout_rng=dropout_rng, dropout_rate=dropout_rate,
-        deterministic=deterministic, dtype=dtype, precision=precision, rows=rows,
-        first_row=first_row)
-    return jnp.moveaxis(out.reshape(*batch, heads, length, depth), -3, -2)
 
 
 class LocallyRecurrent(nn.Module):
@@ -150,7 +96,8 @@ class GloballyAttentive(nn.Module):
       norm_eps: epsilon of the LayerNorms and the gLN.
 
     Shape:
-      ``[batch, segments, K, D]`` -> same.
+      ``[batch, segments, K, D]`` -> same; ``first_row`` is the global index of the
+      batch's first example (dropout masks are drawn per example).
     """
 
     num_heads: int
@@ -171,14 +118,8 @@ class GloballyAttentive(nn.Module):
         tokens = nn.LayerNorm(epsilon=self.norm_eps, use_fast_variance=False, dtype=self.dtype,
                               name="norm_in")(tokens)
         tokens = tokens + sinusoidal_positions(segments, features).astype(tokens.dtype)
-        # Measured on CPU (BENCHMARKS.md): folding the heads into the batch speeds up
-        # the forward pass, but Flax's own layout gives the faster backward pass.
-        attention_fn = functools.partial(
-            dot_product_attention if train else heads_as_batch_attention, rows=batch,
-            first_row=first_row)
-        attended = nn.MultiHeadDotProductAttention(
-            num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.dropout,
-            deterministic=not train, attention_fn=attention_fn, name="attention")(tokens, tokens)
+        attended = MultiHeadSelfAttention(self.num_heads, self.dropout, self.dtype,
+                                          name="attention")(tokens, train, first_row)
         residual = tokens if self.attention_residual else attended
         dropped = Dropout(self.dropout, deterministic=not train)(attended, first_row=first_row)
         tokens = nn.LayerNorm(epsilon=self.norm_eps, use_fast_variance=False, dtype=self.dtype,

@@ -1,0 +1,123 @@
+"""Multi-head self-attention across segments, laid out for many tiny heads.
+
+GALR attends over S segments (82 at 4 s) for B*Q sequences with heads of D/heads = 8
+features. ``flax.linen.MultiHeadDotProductAttention`` projects to
+``[batch..., length, heads, depth]`` and contracts with the heads between the sequence
+and depth axes; here one product projects queries, keys and values together, straight
+into ``[3, batch..., heads, length, depth]``, so the two attention products are plain
+batched matrix products over (batch..., heads). On the galr_1.5m shapes at 4 s this
+took the layer's forward from 24 to 15 ms on CPU with the same backward time
+(BENCHMARKS.md, "Optimisation log").
+
+The parameters are Flax's, name for name and shape for shape (``query``, ``key``,
+``value``: ``kernel [D, heads, depth]``, ``bias [heads, depth]``; ``out``:
+``kernel [heads, depth, D]``, ``bias [D]``), initialised as Flax initialises them, so
+checkpoints and the PyTorch conversion (:mod:`galr_jax.convert`) are unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from galr_jax.models.dropout import DROPOUT, dropout
+
+_PROJECTIONS = ("query", "key", "value")
+
+
+def _flat_lecun_normal(fan_in_axes: int) -> nn.initializers.Initializer:
+    """LeCun normal computed on the kernel flattened to ``[fan_in, fan_out]``, as
+    ``flax.linen.DenseGeneral`` initialises its multi-axis kernels."""
+    base = nn.initializers.lecun_normal()
+
+    def init(key, shape, dtype=jnp.float32):
+        flat = (int(np.prod(shape[:fan_in_axes])), int(np.prod(shape[fan_in_axes:])))
+        return jnp.reshape(base(key, flat, dtype), shape)
+
+    return init
+
+
+class _Projection(nn.Module):
+    """Holds one projection's ``kernel`` and ``bias`` (the products are done by the caller)."""
+
+    kernel_shape: tuple[int, ...]
+    bias_shape: tuple[int, ...]
+    fan_in_axes: int
+
+    @nn.compact
+    def __call__(self) -> tuple[jnp.ndarray, jnp.ndarray]:
+        kernel = self.param("kernel", _flat_lecun_normal(self.fan_in_axes), self.kernel_shape)
+        bias = self.param("bias", nn.initializers.zeros, self.bias_shape)
+        return kernel, bias
+
+
+def dot_product_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray,
+                          dropout_rng: Optional[jax.Array] = None, dropout_rate: float = 0.0,
+                          rows: int = 1, first_row: Union[int, jax.Array] = 0) -> jnp.ndarray:
+    """Scaled dot-product attention, dropout on the weights (one draw per weight).
+
+    Args:
+      query, key, value: ``[batch..., length, depth]``; the leading axis holds ``rows``
+        examples, the first of global index ``first_row`` (for the dropout masks, see
+        :func:`galr_jax.models.dropout.keep_mask`).
+      dropout_rng: key of the dropout on the attention weights; None: no dropout.
+      dropout_rate: probability of dropping a weight.
+
+    Returns:
+      ``[batch..., length, depth]``. The weights are ``[batch..., length, length]``,
+      softmax over the last axis.
+    """
+    scale = jnp.asarray(1.0 / np.sqrt(query.shape[-1]), query.dtype)
+    logits = jnp.einsum("...qd,...kd->...qk", query * scale, key)
+    weights = jax.nn.softmax(logits.astype(jnp.float32)).astype(value.dtype)
+    if dropout_rng is not None and dropout_rate > 0.0:
+        weights = dropout(weights, dropout_rng, dropout_rate, rows=rows, first_row=first_row)
+    return jnp.einsum("...qk,...kd->...qd", weights, value)
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """Multi-head self-attention along axis -2, with Flax's parameters.
+
+    Attributes:
+      num_heads: heads (divide the feature count D).
+      dropout: on the attention weights (one draw per weight, sequence and head, as
+        torch's ``MultiheadAttention``).
+      dtype: compute dtype; the softmax runs in float32.
+
+    Shape:
+      ``[batch..., length, D]`` -> same. The leading axis is the example axis for the
+      dropout masks; ``first_row`` is the global index of its first example.
+    """
+
+    num_heads: int
+    dropout: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False,
+                 first_row: Union[int, jax.Array] = 0) -> jnp.ndarray:
+        features = x.shape[-1]
+        if features % self.num_heads:
+            raise ValueError(f"MultiHeadSelfAttention: {features} features do not split into "
+                             f"{self.num_heads} heads")
+        depth = features // self.num_heads
+        heads_shape = (self.num_heads, depth)
+        projections = [_Projection((features, *heads_shape), heads_shape, 1, name=name)()
+                       for name in _PROJECTIONS]
+        out_kernel, out_bias = _Projection((*heads_shape, features), (features,), 2,
+                                           name="out")()
+        kernel = jnp.stack([k for k, _ in projections], axis=1).astype(self.dtype)  # [D, 3, H, d]
+        bias = jnp.stack([b for _, b in projections]).astype(self.dtype)  # [3, H, d]
+        x = x.astype(self.dtype)
+        # [batch..., length, D] -> [3, batch..., heads, length, depth] in one product.
+        qkv = jnp.einsum("...ld,dthe->t...hle", x, kernel)
+        qkv = qkv + jnp.expand_dims(bias, tuple(range(1, x.ndim - 1)) + (x.ndim,))
+        key = self.make_rng(DROPOUT) if train and self.dropout > 0.0 else None
+        attended = dot_product_attention(*qkv, dropout_rng=key, dropout_rate=self.dropout,
+                                         rows=x.shape[0], first_row=first_row)
+        out = jnp.einsum("...hle,hed->...ld", attended, out_kernel.astype(self.dtype))
+        return out + out_bias.astype(self.dtype)
