@@ -1,5 +1,6 @@
 """Flax modules of GALR and DPRNN, one part of the architecture per module."""
 
+from galr_jax.models.attention import MultiHeadSelfAttention
 from galr_jax.models.dprnn import DPRNNBlock
 from galr_jax.models.dropout import Dropout
 from galr_jax.models.filterbank import Decoder, Encoder
@@ -12,6 +13,7 @@ from galr_jax.models.separation import SeparationModel, build_model
 
 __all__ = [
     "BiLSTM", "DPRNNBlock", "Decoder", "Dropout", "Encoder", "GALRBlock", "GlobalLayerNorm",
-    "GloballyAttentive", "LocallyRecurrent", "MaskHead", "SegmentLengthMap", "SeparationModel",
+    "GloballyAttentive", "LocallyRecurrent", "MaskHead", "MultiHeadSelfAttention",
+    "SegmentLengthMap", "SeparationModel",
     "build_model", "overlap_add", "segment",
 ]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Union
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from galr_jax.models.galr import LocallyRecurrent
@@ -23,7 +24,8 @@ class DPRNNBlock(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool = False, first_row: Any = 0) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, train: bool = False,
+                 first_row: Union[int, jax.Array] = 0) -> jnp.ndarray:
         del train, first_row  # DPRNN has no dropout
         x = LocallyRecurrent(self.hidden, self.norm_eps, False, self.unroll, self.dtype,
                              name="intra")(x)
