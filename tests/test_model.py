@@ -15,7 +15,7 @@ import pytest
 
 from galr_jax import ConfigError, build_model, load_config
 from galr_jax.config import config_from_dict
-from galr_jax.models import Dropout, GALRBlock, GloballyAttentive
+from galr_jax.models import Dropout, GALRBlock, GlobalLayerNorm, GloballyAttentive
 from galr_jax.models.remat import apply_rematerialised
 from galr_jax import summary
 from galr_jax.summary import count_params
@@ -281,3 +281,35 @@ def test_summary_cli_cross_checks_torch_and_prints_the_totals_last(capsys):
 def test_config_errors_name_the_key(overrides, key):
     with pytest.raises(ConfigError, match=rf"galr_1\.5m\.yaml: {re.escape(key)}\b"):
         load_config(CONFIGS / "galr_1.5m.yaml", overrides)
+
+
+def test_global_layer_norm_statistics_and_gradients_match_the_definition():
+    """gLN's matrix-vector statistics and hand-written backward against the textbook form
+    (mean and biased variance over all non-batch axes), differentiated by JAX."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(3 * rng.standard_normal((3, 41, 50, 16)) + 1, jnp.float32)
+    scale, bias, cotangent = (jnp.asarray(rng.standard_normal(shape), jnp.float32)
+                              for shape in ((16,), (16,), x.shape))
+    norm = GlobalLayerNorm(1e-5)
+
+    def ours(x, scale, bias):
+        return norm.apply({"params": {"scale": scale, "bias": bias}}, x)
+
+    def textbook(x, scale, bias):
+        axes = (1, 2, 3)
+        centred = x - jnp.mean(x, axes, keepdims=True)
+        variance = jnp.mean(centred ** 2, axes, keepdims=True)
+        return centred / jnp.sqrt(variance + 1e-5) * scale + bias
+
+    exact = np.asarray(x, np.float64)
+    exact = exact - exact.mean((1, 2, 3), keepdims=True)
+    exact = exact / np.sqrt((exact ** 2).mean((1, 2, 3), keepdims=True) + 1e-5)
+    exact = exact * np.asarray(scale) + np.asarray(bias)
+    assert np.abs(np.asarray(ours(x, scale, bias)) - exact).max() < 1e-5
+    gradients = [jax.grad(lambda *a, f=f: jnp.sum(f(*a) * cotangent), argnums=(0, 1, 2))(
+        x, scale, bias) for f in (ours, textbook)]
+    for name, a, b in zip(("x", "scale", "bias"), *gradients):
+        assert float(jnp.abs(a - b).max()) <= 1e-5 * float(jnp.abs(b).max()), name
+    half = ours(x.astype(jnp.bfloat16), scale, bias)
+    assert half.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(half, np.float32), exact, atol=0.05)

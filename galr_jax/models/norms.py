@@ -2,8 +2,73 @@
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+
+
+def _example_means(x: jnp.ndarray) -> jnp.ndarray:
+    """``[batch, ..., features]`` -> ``[batch, 1, ..., 1]``: each example's mean.
+
+    Summed in two levels of matrix-vector products: over the features, then over the
+    rest. XLA on CPU rewrites one reduction over hundreds of thousands of elements
+    into a tree of windowed reductions, which ran at about 3 GB/s: two of them per gLN
+    took 7 ms of the globally attentive layer's 25 ms forward at galr_1.5m's 4 s
+    shapes. The products stream the data at memory speed; summing in two levels keeps
+    float32 rounding at the level of a pairwise sum.
+    """
+    rows = x.reshape(x.shape[0], -1, x.shape[-1])
+    inner = rows @ jnp.ones((x.shape[-1],), x.dtype)  # [batch, rows]
+    total = inner @ jnp.ones((inner.shape[1],), x.dtype)  # [batch]
+    return (total / (rows.shape[1] * rows.shape[2])).reshape((-1,) + (1,) * (x.ndim - 1))
+
+
+def _feature_sums(x: jnp.ndarray) -> jnp.ndarray:
+    """``[batch, ..., features]`` -> ``[features]``, one axis at a time (short sums:
+    no tree rewrite, and pairwise-like rounding)."""
+    for axis in range(x.ndim - 2, -1, -1):
+        x = jnp.sum(x, axis=axis)
+    return x
+
+
+def _statistics(x32: jnp.ndarray, epsilon: float):
+    """Normalised input and each example's ``1/sqrt(var + eps)`` (``[batch, 1, ..., 1]``)."""
+    centred = x32 - _example_means(x32)
+    inverse_std = jax.lax.rsqrt(_example_means(centred * centred) + epsilon)
+    return centred * inverse_std, inverse_std
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def global_layer_norm(x: jnp.ndarray, scale: jnp.ndarray, bias: jnp.ndarray,
+                      epsilon: float) -> jnp.ndarray:
+    """gLN of ``x`` ``[batch, ..., features]`` in float32, returned in ``x``'s dtype."""
+    return _global_layer_norm_forward(x, scale, bias, epsilon)[0]
+
+
+def _global_layer_norm_forward(x, scale, bias, epsilon):
+    normalised, inverse_std = _statistics(x.astype(jnp.float32), epsilon)
+    y = normalised * scale + bias
+    return y.astype(x.dtype), (normalised, inverse_std, scale)
+
+
+def _global_layer_norm_backward(epsilon, residuals, dy):
+    """With n = (x - mean) r and y = n s + b per example:
+    dx = r (dn - mean(dn) - n mean(dn n)), where dn = dy s; the means are per example.
+    """
+    del epsilon  # in inverse_std already
+    normalised, inverse_std, scale = residuals
+    dy32 = dy.astype(jnp.float32)
+    d_scale = _feature_sums(dy32 * normalised)
+    d_bias = _feature_sums(dy32)
+    d_normalised = dy32 * scale
+    dx = inverse_std * (d_normalised - _example_means(d_normalised)
+                        - normalised * _example_means(d_normalised * normalised))
+    return dx.astype(dy.dtype), d_scale, d_bias
+
+
+global_layer_norm.defvjp(_global_layer_norm_forward, _global_layer_norm_backward)
 
 
 class GlobalLayerNorm(nn.Module):
@@ -11,7 +76,8 @@ class GlobalLayerNorm(nn.Module):
 
     Equivalent to torch ``GroupNorm(1, features)``: biased variance, ``eps`` inside the
     square root. Statistics are computed in float32 whatever the input dtype, because
-    a bf16 mean over tens of thousands of elements loses the variance.
+    a bf16 mean over tens of thousands of elements loses the variance. The statistics
+    and the gradient's reductions are matrix-vector products (see ``_example_means``).
 
     Attributes:
       epsilon: added to the variance (1e-5 for GALR, 1e-8 for asteroid's DPRNN).
@@ -27,10 +93,4 @@ class GlobalLayerNorm(nn.Module):
         features = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (features,))
         bias = self.param("bias", nn.initializers.zeros, (features,))
-        x32 = x.astype(jnp.float32)
-        axes = tuple(range(1, x.ndim))
-        mean = jnp.mean(x32, axis=axes, keepdims=True)
-        centred = x32 - mean
-        var = jnp.mean(jnp.square(centred), axis=axes, keepdims=True)
-        y = centred * jnp.reciprocal(jnp.sqrt(var + self.epsilon)) * scale + bias
-        return y.astype(x.dtype)
+        return global_layer_norm(x, scale, bias, self.epsilon)
