@@ -6,8 +6,9 @@ features. ``flax.linen.MultiHeadDotProductAttention`` projects to
 and depth axes; here one product projects queries, keys and values together, straight
 into ``[3, batch..., heads, length, depth]``, so the two attention products are plain
 batched matrix products over (batch..., heads). On the galr_1.5m shapes at 4 s this
-took the layer's forward from 24 to 15 ms on CPU with the same backward time
-(BENCHMARKS.md, "Optimisation log").
+took the layer's forward from 24 to 15 ms on CPU (BENCHMARKS.md, "Optimisation log").
+The attention's backward pass is written out (:func:`_attention`; measured in
+BENCHMARKS.md).
 
 The parameters are Flax's, name for name and shape for shape (``query``, ``key``,
 ``value``: ``kernel [D, heads, depth]``, ``bias [heads, depth]``; ``out``:
@@ -17,6 +18,7 @@ checkpoints and the PyTorch conversion (:mod:`galr_jax.convert`) are unchanged.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional, Union
 
 import flax.linen as nn
@@ -24,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from galr_jax.models.dropout import DROPOUT, dropout
+from galr_jax.models.dropout import DROPOUT, keep_mask
 
 _PROJECTIONS = ("query", "key", "value")
 
@@ -71,12 +73,68 @@ def dot_product_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarr
       ``[batch..., length, depth]``. The weights are ``[batch..., length, length]``,
       softmax over the last axis.
     """
+    keep_prob = 1.0
+    keep = None
+    if dropout_rng is not None and dropout_rate > 0.0:
+        keep_prob = 1.0 - dropout_rate
+        keep = keep_mask(dropout_rng, query.shape[:-1] + key.shape[-2:-1], keep_prob, rows=rows,
+                         first_row=first_row)
+    return _attention(query, key, value, keep, keep_prob)
+
+
+def _attention_forward(query, key, value, keep, keep_prob):
     scale = jnp.asarray(1.0 / np.sqrt(query.shape[-1]), query.dtype)
     logits = jnp.einsum("...qd,...kd->...qk", query * scale, key)
-    weights = jax.nn.softmax(logits.astype(jnp.float32)).astype(value.dtype)
-    if dropout_rng is not None and dropout_rate > 0.0:
-        weights = dropout(weights, dropout_rng, dropout_rate, rows=rows, first_row=first_row)
-    return jnp.einsum("...qk,...kd->...qd", weights, value)
+    weights = jax.nn.softmax(logits.astype(jnp.float32))
+    out = jnp.einsum("...qk,...kd->...qd", _dropped(weights, keep, keep_prob).astype(value.dtype),
+                     value)
+    return out, (query, key, value, keep, weights, out)
+
+
+def _dropped(x, keep, keep_prob):
+    if keep is None:
+        return x
+    return jnp.where(keep, x / jnp.asarray(keep_prob, x.dtype), jnp.zeros((), x.dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _attention(query, key, value, keep, keep_prob):
+    """Attention with the weights' dropout mask ``keep`` (bool, or None) given.
+
+    The backward pass is written out because automatic differentiation of the softmax
+    makes several passes over the ``[..., length, length]`` weights (maximum,
+    division, a row sum of the weights' gradient); here one elementwise pass and the
+    four products remain: the softmax's row term sum_k W dW is dO . O per query.
+    """
+    return _attention_forward(query, key, value, keep, keep_prob)[0]
+
+
+def _contract_queries(weights: jnp.ndarray, x: jnp.ndarray) -> jnp.ndarray:
+    """``sum_q weights[..., q, k] x[..., q, d]`` -> ``[..., k, d]``.
+
+    Computed as ``[..., d, k]`` and transposed behind a barrier: XLA would otherwise
+    fold the transpose into the product, and on CPU the folded form, many small
+    products with a transposed left operand, took twice as long at GALR's shapes
+    (13.4 against 6.4 ms for ``[4, 32, 8, 82, 82]`` weights).
+    """
+    transposed = jnp.einsum("...qd,...qk->...dk", x, weights)
+    return jnp.swapaxes(jax.lax.optimization_barrier(transposed), -1, -2)
+
+
+def _attention_backward(keep_prob, residuals, d_out):
+    query, key, value, keep, weights, out = residuals
+    scale = 1.0 / np.sqrt(query.shape[-1])
+    d_value = _contract_queries(_dropped(weights, keep, keep_prob).astype(value.dtype), d_out)
+    d_dropped = jnp.einsum("...qd,...kd->...qk", d_out, value,
+                           preferred_element_type=jnp.float32)
+    row = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
+    d_logits = (weights * (_dropped(d_dropped, keep, keep_prob) - row)).astype(query.dtype)
+    d_query = jnp.einsum("...qk,...kd->...qd", d_logits, key) * jnp.asarray(scale, query.dtype)
+    d_key = _contract_queries(d_logits, query) * jnp.asarray(scale, key.dtype)
+    return d_query, d_key, d_value, None
+
+
+_attention.defvjp(_attention_forward, _attention_backward)
 
 
 class MultiHeadSelfAttention(nn.Module):
