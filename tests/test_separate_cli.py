@@ -118,6 +118,22 @@ def test_existing_outputs_need_force(tmp_path, checkpoint, capsys):
     assert not np.array_equal(soundfile.read(os.path.join(out, "a_s1.wav"))[0], first)
 
 
+def test_compute_dtype_option_runs_the_products_in_bfloat16(tmp_path, checkpoint, capsys):
+    source = write_wav(str(tmp_path / "a.wav"), _mixture(1.0))
+    outputs = {}
+    for dtype in ("float32", "bfloat16"):
+        out = str(tmp_path / dtype)
+        assert separate.main(["--workdir", checkpoint, source, "--out", out, "--quiet",
+                              "--compute-dtype", dtype]) == 0
+        outputs[dtype] = soundfile.read(os.path.join(out, "a_s1.wav"), dtype="float32")[0]
+    difference = np.abs(outputs["bfloat16"] - outputs["float32"]).max()
+    assert 0 < difference < 0.05 * np.abs(outputs["float32"]).max()
+    with pytest.raises(SystemExit):
+        separate.main(["--workdir", checkpoint, source, "--out", str(tmp_path / "x"),
+                       "--compute-dtype", "float16"])
+    assert "invalid choice: 'float16'" in capsys.readouterr().err
+
+
 def test_pcm16_glob_and_name_clashes(tmp_path, checkpoint, capsys):
     for folder in ("one", "two"):
         os.makedirs(tmp_path / folder)

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from galr_jax.checkpoints import restore_variables
-from galr_jax.config import Config
+from galr_jax.config import Config, config_from_dict, config_to_dict
 from galr_jax.data.audio import AudioError
 from galr_jax.evaluation import bucket_length, buckets_in_samples, padded_batch_size
 from galr_jax.inference.apply import BatchedApply
@@ -50,6 +50,8 @@ class Separator:
       batch_size: chunks per call (rounded up to a multiple of the devices);
         overrides ``config.eval.chunk_batch_size``.
       devices: devices to run on; default all local devices.
+      compute_dtype: overrides ``config.model.compute_dtype``: ``'bfloat16'`` runs the
+        products in bfloat16 (weights, LSTM cell state, norms and softmax stay float32).
 
     Attributes:
       sample_rate: Hz the model expects.
@@ -60,7 +62,10 @@ class Separator:
 
     def __init__(self, config: Config, variables: Any, *, chunk_seconds: Optional[float] = None,
                  overlap_seconds: Optional[float] = None, batch_size: Optional[int] = None,
-                 devices: Optional[Sequence[Any]] = None):
+                 devices: Optional[Sequence[Any]] = None, compute_dtype: Optional[str] = None):
+        if compute_dtype is not None:  # validated by the config system
+            config = config_from_dict(config_to_dict(config),
+                                      [f"model.compute_dtype={compute_dtype}"])
         self.config = config
         self.sample_rate = config.model.sample_rate
         self.num_sources = config.model.num_sources
