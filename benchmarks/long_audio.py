@@ -26,7 +26,7 @@ import jax
 import numpy as np
 import soundfile
 
-from galr_jax.config import load_config
+from galr_jax.config import COMPUTE_DTYPE_NAMES, load_config
 from galr_jax.inference import Separator
 from galr_jax.models import build_model
 
@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--chunk-seconds", type=float, default=None)
     parser.add_argument("--overlap-seconds", type=float, default=None)
     parser.add_argument("--batch-size", type=int, default=None, help="chunks per forward pass")
-    parser.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default=None,
+    parser.add_argument("--compute-dtype", choices=COMPUTE_DTYPE_NAMES, default=None,
                         help="model.compute_dtype for the separation (default: the config's)")
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args()

@@ -129,10 +129,12 @@ class Config:
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
 
+COMPUTE_DTYPE_NAMES = ("float32", "bfloat16")  # model.compute_dtype
+
 _CHOICES = {
     "model.separator": ("galr", "dprnn"),
     "model.mask_nonlinearity": ("relu", "sigmoid"),
-    "model.compute_dtype": ("float32", "bfloat16"),
+    "model.compute_dtype": COMPUTE_DTYPE_NAMES,
     "data.layout": ("wsj0-mix", "librimix"),
     "data.short_utterances": ("pad", "drop"),
     "data.bad_files": ("skip", "error"),

@@ -35,6 +35,7 @@ import soundfile as sf
 import tqdm
 
 from galr_jax.checkpoints import CheckpointError, parse_which
+from galr_jax.config import COMPUTE_DTYPE_NAMES
 from galr_jax.data.audio import AudioError
 from galr_jax.inference.separator import SeparationError, Separator
 
@@ -114,7 +115,7 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help="overlap of neighbouring chunks (default: eval.chunk_overlap_seconds)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="chunks per forward pass (default: eval.chunk_batch_size)")
-    parser.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default=None,
+    parser.add_argument("--compute-dtype", choices=COMPUTE_DTYPE_NAMES, default=None,
                         help="dtype of the matrix products (default: the checkpoint's "
                              "model.compute_dtype); bfloat16 is faster on CPUs and "
                              "accelerators with bf16 units")
