@@ -76,8 +76,8 @@ class GlobalLayerNorm(nn.Module):
 
     Equivalent to torch ``GroupNorm(1, features)``: biased variance, ``eps`` inside the
     square root. Statistics are computed in float32 whatever the input dtype, because
-    a bf16 mean over tens of thousands of elements loses the variance. The statistics
-    and the gradient's reductions are matrix-vector products (see ``_example_means``).
+    a bf16 mean over tens of thousands of elements loses the variance. The per-example
+    means, forward and backward, are matrix-vector products (see ``_example_means``).
 
     Attributes:
       epsilon: added to the variance (1e-5 for GALR, 1e-8 for asteroid's DPRNN).
