@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from galr_jax.models.dropout import DROPOUT, keep_mask
+from galr_jax.models.dropout import DROPOUT, apply_keep_mask, keep_mask
 
 _PROJECTIONS = ("query", "key", "value")
 
@@ -93,9 +93,7 @@ def _attention_forward(query, key, value, keep, keep_prob):
 
 
 def _dropped(x, keep, keep_prob):
-    if keep is None:
-        return x
-    return jnp.where(keep, x / jnp.asarray(keep_prob, x.dtype), jnp.zeros((), x.dtype))
+    return x if keep is None else apply_keep_mask(x, keep, keep_prob)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))

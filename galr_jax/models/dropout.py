@@ -94,7 +94,12 @@ def dropout(x: jnp.ndarray, key: jax.Array, rate: float, *, rows: int = 1,
     if rate == 0.0:
         return x
     keep_prob = 1.0 - rate
-    keep = keep_mask(key, x.shape, keep_prob, rows=rows, first_row=first_row)
+    return apply_keep_mask(x, keep_mask(key, x.shape, keep_prob, rows=rows, first_row=first_row),
+                           keep_prob)
+
+
+def apply_keep_mask(x: jnp.ndarray, keep: jnp.ndarray, keep_prob: float) -> jnp.ndarray:
+    """Inverted dropout with a given mask: ``x / keep_prob`` where ``keep``, else 0."""
     return jnp.where(keep, x / jnp.asarray(keep_prob, x.dtype), jnp.zeros((), x.dtype))
 
 
