@@ -15,7 +15,8 @@ import pytest
 
 from galr_jax import ConfigError, build_model, load_config
 from galr_jax.config import config_from_dict
-from galr_jax.models import Dropout, GALRBlock, GlobalLayerNorm, GloballyAttentive
+from galr_jax.models import Dropout, GALRBlock, GlobalLayerNorm, GloballyAttentive, LayerNorm
+from galr_jax.models.dense import Dense, add_bias
 from galr_jax.models.remat import apply_rematerialised
 from galr_jax import summary
 from galr_jax.summary import count_params
@@ -313,3 +314,60 @@ def test_global_layer_norm_statistics_and_gradients_match_the_definition():
     half = ours(x.astype(jnp.bfloat16), scale, bias)
     assert half.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(half, np.float32), exact, atol=0.05)
+
+
+def test_layer_norm_matches_flax_layer_norm_values_and_gradients():
+    """The token LayerNorm (product statistics, hand-written backward) against Flax's
+    ``nn.LayerNorm(use_fast_variance=False)``: same parameters, same values, same
+    gradients; bf16 input gives bf16 output close to the float32 result."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(3 * rng.standard_normal((3, 7, 41, 16)) + 1, jnp.float32)
+    cotangent = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
+    ours, flax_norm = LayerNorm(1e-5), nn.LayerNorm(epsilon=1e-5, use_fast_variance=False)
+    variables = flax_norm.init(jax.random.PRNGKey(0), x)
+    assert (jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(0), x))
+            == jax.tree.map(jnp.shape, variables))
+    variables = jax.tree.map(
+        lambda p: p + jnp.asarray(rng.standard_normal(p.shape), jnp.float32), variables)
+    np.testing.assert_allclose(ours.apply(variables, x), flax_norm.apply(variables, x),
+                               atol=2e-6)
+    gradients = [jax.grad(lambda v, x, m=m: jnp.sum(m.apply(v, x) * cotangent),
+                          argnums=(0, 1))(variables, x) for m in (ours, flax_norm)]
+    for a, b in zip(*(jax.tree.leaves(g) for g in gradients)):
+        assert float(jnp.abs(a - b).max()) <= 1e-5 * float(jnp.abs(b).max())
+    half = LayerNorm(1e-5, jnp.bfloat16).apply(variables, x)
+    assert half.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(half, np.float32), flax_norm.apply(variables, x),
+                               atol=0.05)
+
+
+def test_dense_is_flax_dense_with_a_float32_bias_gradient():
+    """``Dense`` initialises and computes as ``flax.linen.Dense``; ``add_bias``'s gradient
+    (summed in float32 over the axes the bias does not span) matches autodiff of the
+    broadcast sum, for a bias on the last axis and one spanning several axes."""
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal((5, 13, 24)), jnp.float32)
+    ours, flax_dense = Dense(7), nn.Dense(7)
+    variables = ours.init(jax.random.PRNGKey(3), x)
+    reference = flax_dense.init(jax.random.PRNGKey(3), x)
+    for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(reference)):
+        np.testing.assert_array_equal(a, b)
+    variables = jax.tree.map(
+        lambda p: p + jnp.asarray(rng.standard_normal(p.shape), jnp.float32), variables)
+    np.testing.assert_allclose(ours.apply(variables, x), flax_dense.apply(variables, x),
+                               rtol=1e-6, atol=1e-6)
+    assert Dense(7, dtype=jnp.bfloat16).apply(variables, x).dtype == jnp.bfloat16
+
+    y = jnp.asarray(rng.standard_normal((3, 4, 6, 5, 2)), jnp.float32)
+    bias = jnp.asarray(rng.standard_normal((3, 5, 2)), jnp.float32)
+    cotangent = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+    grads = [jax.grad(lambda y, b, f=f: jnp.sum(f(y, b) * cotangent), argnums=(0, 1))(y, bias)
+             for f in (lambda y, b: add_bias(y, b, (0, -2, -1)),
+                       lambda y, b: y + b[:, None, None])]
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    half = add_bias(y.astype(jnp.bfloat16), bias, (0, 3, 4))
+    assert half.dtype == jnp.bfloat16
+    d_bias = jax.grad(lambda b: jnp.sum(add_bias(y.astype(jnp.bfloat16), b, (0, 3, 4))))(bias)
+    assert d_bias.dtype == jnp.float32
+    np.testing.assert_array_equal(d_bias, np.full(bias.shape, 4 * 6))

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from galr_jax.models.dense import add_bias
 from galr_jax.models.dropout import DROPOUT, apply_keep_mask, keep_mask
 
 _PROJECTIONS = ("query", "key", "value")
@@ -172,9 +173,9 @@ class MultiHeadSelfAttention(nn.Module):
         x = x.astype(self.dtype)
         # [batch..., length, D] -> [3, batch..., heads, length, depth] in one product.
         qkv = jnp.einsum("...ld,dthe->t...hle", x, kernel)
-        qkv = qkv + jnp.expand_dims(bias, tuple(range(1, x.ndim - 1)) + (x.ndim,))
+        qkv = add_bias(qkv, bias, (0, -3, -1))
         key = self.make_rng(DROPOUT) if train and self.dropout > 0.0 else None
         attended = dot_product_attention(*qkv, dropout_rng=key, dropout_rate=self.dropout,
                                          rows=x.shape[0], first_row=first_row)
         out = jnp.einsum("...hle,hed->...ld", attended, out_kernel.astype(self.dtype))
-        return out + out_bias.astype(self.dtype)
+        return add_bias(out, out_bias, (-1,))

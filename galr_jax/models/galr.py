@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from galr_jax.models.attention import MultiHeadSelfAttention
+from galr_jax.models.dense import Dense, add_bias
 from galr_jax.models.dropout import Dropout
-from galr_jax.models.norms import GlobalLayerNorm
+from galr_jax.models.norms import GlobalLayerNorm, LayerNorm
 from galr_jax.models.recurrent import BiLSTM
 
 _POSITION_BASE = 10000.0  # the standard Transformer positional-encoding base
@@ -58,7 +59,7 @@ class LocallyRecurrent(nn.Module):
         sequences = x.reshape(batch * segments, length, features)
         y = BiLSTM(self.hidden, self.learnable_initial_state, self.unroll, self.dtype,
                    name="lstm")(sequences)
-        y = nn.Dense(features, dtype=self.dtype, name="proj")(y)
+        y = Dense(features, dtype=self.dtype, name="proj")(y)
         y = GlobalLayerNorm(self.norm_eps, name="norm")(y.reshape(x.shape))
         return x + y
 
@@ -78,7 +79,7 @@ class SegmentLengthMap(nn.Module):
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[2], self.length_out))
         bias = self.param("bias", nn.initializers.zeros, (self.length_out,))
         y = jnp.einsum("bskd,kq->bsqd", x.astype(self.dtype), kernel.astype(self.dtype))
-        return y + bias[None, None, :, None].astype(y.dtype)
+        return add_bias(y, bias, (2,))
 
 
 class GloballyAttentive(nn.Module):
@@ -115,15 +116,13 @@ class GloballyAttentive(nn.Module):
         if self.low_dim is not None:
             y = SegmentLengthMap(self.low_dim, self.dtype, name="to_low_dim")(y)
         tokens = jnp.swapaxes(y, 1, 2)  # [batch, Q, segments, D]: attend along segments
-        tokens = nn.LayerNorm(epsilon=self.norm_eps, use_fast_variance=False, dtype=self.dtype,
-                              name="norm_in")(tokens)
+        tokens = LayerNorm(self.norm_eps, self.dtype, name="norm_in")(tokens)
         tokens = tokens + sinusoidal_positions(segments, features).astype(tokens.dtype)
         attended = MultiHeadSelfAttention(self.num_heads, self.dropout, self.dtype,
                                           name="attention")(tokens, train, first_row)
         residual = tokens if self.attention_residual else attended
         dropped = Dropout(self.dropout, deterministic=not train)(attended, first_row=first_row)
-        tokens = nn.LayerNorm(epsilon=self.norm_eps, use_fast_variance=False, dtype=self.dtype,
-                              name="norm_out")(residual + dropped)
+        tokens = LayerNorm(self.norm_eps, self.dtype, name="norm_out")(residual + dropped)
         y = jnp.swapaxes(tokens, 1, 2)  # [batch, segments, Q, D]
         if self.low_dim is not None:
             y = SegmentLengthMap(length, self.dtype, name="from_low_dim")(y)

@@ -7,6 +7,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from galr_jax.models.dense import Dense
 from galr_jax.models.segmentation import overlap_add
 
 _PRELU_INIT = 0.25  # torch.nn.PReLU's default slope
@@ -35,13 +36,13 @@ class MaskHead(nn.Module):
     def __call__(self, x: jnp.ndarray, num_frames: int) -> jnp.ndarray:
         batch, segments, length, features = x.shape
         x = nn.PReLU(negative_slope_init=_PRELU_INIT, name="prelu")(x)
-        x = nn.Dense(self.num_sources * features, dtype=self.dtype, name="to_sources")(x)
+        x = Dense(self.num_sources * features, dtype=self.dtype, name="to_sources")(x)
         # Channel index is source * D + feature, as in the reference's 1x1 conv.
         x = x.reshape(batch, segments, length, self.num_sources, features)
         x = jnp.moveaxis(x, 3, 1).reshape(batch * self.num_sources, segments, length, features)
         frames = overlap_add(x, num_frames)  # [batch * C, frames, D]
-        gated = (jnp.tanh(nn.Dense(features, dtype=self.dtype, name="gate_tanh")(frames))
-                 * nn.sigmoid(nn.Dense(features, dtype=self.dtype, name="gate_sigmoid")(frames)))
-        masks = nn.Dense(self.num_filters, use_bias=False, dtype=self.dtype, name="to_filters")(gated)
+        gated = (jnp.tanh(Dense(features, dtype=self.dtype, name="gate_tanh")(frames))
+                 * nn.sigmoid(Dense(features, dtype=self.dtype, name="gate_sigmoid")(frames)))
+        masks = Dense(self.num_filters, use_bias=False, dtype=self.dtype, name="to_filters")(gated)
         masks = MASK_NONLINEARITIES[self.nonlinearity](masks)
         return masks.reshape(batch, self.num_sources, num_frames, self.num_filters)

@@ -1,8 +1,14 @@
-"""Global layer normalisation (gLN) of Conv-TasNet / DPRNN / GALR."""
+"""Layer normalisations: global (gLN, Conv-TasNet / DPRNN / GALR) and per token (LayerNorm).
+
+Both compute their statistics in float32 with matrix-vector products and carry a
+hand-written backward: XLA on CPU rewrites plain reductions into trees of windowed
+reductions, which ran at a few GB/s (see ``_example_means``).
+"""
 
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -33,42 +39,86 @@ def _feature_sums(x: jnp.ndarray) -> jnp.ndarray:
     return x
 
 
-def _statistics(x32: jnp.ndarray, epsilon: float):
-    """Normalised input and each example's ``1/sqrt(var + eps)`` (``[batch, 1, ..., 1]``)."""
-    centred = x32 - _example_means(x32)
-    inverse_std = jax.lax.rsqrt(_example_means(centred * centred) + epsilon)
-    return centred * inverse_std, inverse_std
+def _token_means(x: jnp.ndarray) -> jnp.ndarray:
+    """``[..., features]`` -> ``[..., 1]``: each token's mean over its features, as a
+    matrix-vector product (the reduction XLA would rewrite, see ``_example_means``)."""
+    return (x @ jnp.ones((x.shape[-1],), x.dtype) / x.shape[-1])[..., None]
+
+
+def _normalise_forward(means, x, scale, bias, epsilon):
+    """``(x - mean) / sqrt(var + eps) * scale + bias`` in float32, the mean and the biased
+    variance taken by ``means`` (per example or per token)."""
+    x32 = x.astype(jnp.float32)
+    centred = x32 - means(x32)
+    inverse_std = jax.lax.rsqrt(means(centred * centred) + epsilon)
+    normalised = centred * inverse_std
+    y = normalised * scale + bias
+    return y.astype(x.dtype), (normalised, inverse_std, scale)
+
+
+def _normalise_backward(means, residuals, dy):
+    """With n = (x - mean) r and y = n s + b:
+    dx = r (dn - mean(dn) - n mean(dn n)), where dn = dy s and the means are ``means``.
+    """
+    normalised, inverse_std, scale = residuals
+    dy32 = dy.astype(jnp.float32)
+    d_scale = _feature_sums(dy32 * normalised)
+    d_bias = _feature_sums(dy32)
+    d_normalised = dy32 * scale
+    dx = inverse_std * (d_normalised - means(d_normalised)
+                        - normalised * means(d_normalised * normalised))
+    return dx.astype(dy.dtype), d_scale, d_bias
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def global_layer_norm(x: jnp.ndarray, scale: jnp.ndarray, bias: jnp.ndarray,
                       epsilon: float) -> jnp.ndarray:
     """gLN of ``x`` ``[batch, ..., features]`` in float32, returned in ``x``'s dtype."""
-    return _global_layer_norm_forward(x, scale, bias, epsilon)[0]
+    return _normalise_forward(_example_means, x, scale, bias, epsilon)[0]
 
 
-def _global_layer_norm_forward(x, scale, bias, epsilon):
-    normalised, inverse_std = _statistics(x.astype(jnp.float32), epsilon)
-    y = normalised * scale + bias
-    return y.astype(x.dtype), (normalised, inverse_std, scale)
+global_layer_norm.defvjp(functools.partial(_normalise_forward, _example_means),
+                         lambda epsilon, residuals, dy: _normalise_backward(
+                             _example_means, residuals, dy))
 
 
-def _global_layer_norm_backward(epsilon, residuals, dy):
-    """With n = (x - mean) r and y = n s + b per example:
-    dx = r (dn - mean(dn) - n mean(dn n)), where dn = dy s; the means are per example.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm(x: jnp.ndarray, scale: jnp.ndarray, bias: jnp.ndarray,
+               epsilon: float) -> jnp.ndarray:
+    """LayerNorm of each token of ``x`` ``[..., features]`` over its features, in float32,
+    returned in ``x``'s dtype."""
+    return _normalise_forward(_token_means, x, scale, bias, epsilon)[0]
+
+
+layer_norm.defvjp(functools.partial(_normalise_forward, _token_means),
+                  lambda epsilon, residuals, dy: _normalise_backward(_token_means, residuals, dy))
+
+
+class LayerNorm(nn.Module):
+    """Normalises each token over its features, with a per-feature affine.
+
+    Equivalent to torch ``nn.LayerNorm(features, eps)`` and to Flax's ``nn.LayerNorm``
+    with ``use_fast_variance=False`` (same parameters, ``scale`` and ``bias``), with
+    statistics in float32 whatever the input dtype; see :func:`layer_norm`.
+
+    Attributes:
+      epsilon: added to the variance.
+      dtype: output dtype (None: the input's).
+
+    Shape:
+      ``[..., features]`` -> same shape.
     """
-    del epsilon  # in inverse_std already
-    normalised, inverse_std, scale = residuals
-    dy32 = dy.astype(jnp.float32)
-    d_scale = _feature_sums(dy32 * normalised)
-    d_bias = _feature_sums(dy32)
-    d_normalised = dy32 * scale
-    dx = inverse_std * (d_normalised - _example_means(d_normalised)
-                        - normalised * _example_means(d_normalised * normalised))
-    return dx.astype(dy.dtype), d_scale, d_bias
 
+    epsilon: float
+    dtype: Any = None
 
-global_layer_norm.defvjp(_global_layer_norm_forward, _global_layer_norm_backward)
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        features = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (features,))
+        bias = self.param("bias", nn.initializers.zeros, (features,))
+        y = layer_norm(x, scale, bias, self.epsilon)
+        return y if self.dtype is None else y.astype(self.dtype)
 
 
 class GlobalLayerNorm(nn.Module):

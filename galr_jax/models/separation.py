@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from galr_jax.config import Config, ModelConfig
+from galr_jax.models.dense import Dense
 from galr_jax.models.dprnn import DPRNNBlock
 from galr_jax.models.dropout import DROPOUT
 from galr_jax.models.filterbank import Decoder, Encoder
@@ -72,7 +73,7 @@ class SeparationModel(nn.Module):
         x = encoded
         if c.separator == "dprnn":
             x = GlobalLayerNorm(c.norm_eps, name="input_norm")(x)
-        x = nn.Dense(c.features, use_bias=c.separator == "dprnn", dtype=dtype, name="bottleneck")(x)
+        x = Dense(c.features, use_bias=c.separator == "dprnn", dtype=dtype, name="bottleneck")(x)
         x = segment(x, c.segment_length)  # [B, S, K, D]
         for index in range(c.num_blocks):
             block = self._block(index)
