@@ -53,13 +53,14 @@ def report(result: dict) -> str:
         out += ["Speed-up of JAX over PyTorch (above 1: JAX faster) and memory ratios:", "",
                 _table(header, rows), ""]
     if ratios["galr_over_dprnn"]:
-        header = ("framework", "s", "fwd ops", "step ops", "fwd memory", "step memory",
+        header = ("pair", "framework", "s", "fwd ops", "step ops", "fwd memory", "step memory",
                   "fwd time", "step time")
-        rows = [(r["framework"], f"{r['seconds']:g}", fmt(r["fwd_flops"], 1, 3),
+        rows = [(f"{r['model']} / {r['dprnn']}", r["framework"],
+                 f"{r['seconds']:g}", fmt(r["fwd_flops"], 1, 3),
                  fmt(r["step_flops"], 1, 3), fmt(r["fwd_peak_bytes"], 1, 3),
                  fmt(r["step_peak_bytes"], 1, 3), fmt(r["fwd_s"], 1, 3),
                  fmt(r["step_s"], 1, 3)) for r in ratios["galr_over_dprnn"]]
-        out += ["GALR 1.5M / DPRNN (paper: operations 0.506, memory 0.639):", "",
+        out += ["GALR / DPRNN (paper, GALR 1.5M: operations 0.506, memory 0.639):", "",
                 _table(header, rows), ""]
     if result.get("long_audio"):
         la = result["long_audio"]

@@ -67,8 +67,8 @@ CLIP_NORM = 5.0
 # GALR / DPRNN in the paper's abstract: 49.4% fewer operations, 36.1% less memory.
 PAPER_OPS_RATIO = 0.506
 PAPER_MEMORY_RATIO = 0.639
-GALR_REFERENCE = "galr_1.5m"
-DPRNN_REFERENCE = "dprnn"
+# The paper's low-cost GALR against DPRNN, at window 16 and at window 2.
+GALR_DPRNN_PAIRS = {"galr_1.5m": "dprnn", "galr_w2": "dprnn_w2"}
 LONG_AUDIO_CONFIG = "galr_1.5m"
 
 
@@ -180,9 +180,10 @@ def add_derived(records, matmul_peak_flops):
                 **{k: _ratio(r[k], torch_r[k]) for k in (
                     "fwd_s", "step_s", "fwd_matmul_flops", "step_matmul_flops",
                     "fwd_rss_peak_bytes", "step_rss_peak_bytes")}})
-        dprnn_r = index.get((DPRNN_REFERENCE, seconds, framework))
-        if model == GALR_REFERENCE and dprnn_r:
+        dprnn_r = index.get((GALR_DPRNN_PAIRS.get(model), seconds, framework))
+        if dprnn_r:
             galr_over_dprnn.append({
+                "model": model, "dprnn": GALR_DPRNN_PAIRS[model],
                 "framework": framework, "seconds": seconds,
                 **{k: _ratio(r[k], dprnn_r[k]) for k in (
                     "fwd_flops", "step_flops", "fwd_matmul_flops", "step_matmul_flops",
@@ -212,10 +213,11 @@ def print_tables(records, ratios, machine) -> None:
                       fmt(r["fwd_rss_peak_bytes"]), fmt(r["step_rss_peak_bytes"]))
                      for r in ratios["jax_over_torch"]])
     if ratios["galr_over_dprnn"]:
-        print(f"\nGALR 1.5M / DPRNN (paper: ops {PAPER_OPS_RATIO}, memory {PAPER_MEMORY_RATIO})")
-        _print_rows(("fw", "sec", "fwd ops", "step ops", "fwd mm ops", "step mm ops",
+        print(f"\nGALR / DPRNN (paper: ops {PAPER_OPS_RATIO}, memory {PAPER_MEMORY_RATIO})")
+        _print_rows(("pair", "fw", "sec", "fwd ops", "step ops", "fwd mm ops", "step mm ops",
                      "fwd mem", "step mem", "fwd time", "step time"),
-                    [(r["framework"], f"{r['seconds']:g}", *(fmt(r[k], 1, 3) for k in (
+                    [(f"{r['model']}/{r['dprnn']}", r["framework"], f"{r['seconds']:g}",
+                      *(fmt(r[k], 1, 3) for k in (
                         "fwd_flops", "step_flops", "fwd_matmul_flops", "step_matmul_flops",
                         "fwd_peak_bytes", "step_peak_bytes", "fwd_s", "step_s")))
                      for r in ratios["galr_over_dprnn"]])

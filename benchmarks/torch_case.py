@@ -83,25 +83,25 @@ class TorchCase:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=learning_rate)
         self.autocast = config.compute_dtype == "bfloat16"
 
-    def _model(self, mixture: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+    def _model(self, mixture: torch.Tensor, autocast: bool) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             return self.model(mixture).float()
 
-    def _forward(self) -> torch.Tensor:
+    def _forward(self, autocast: bool) -> torch.Tensor:
         self.model.eval()
         with torch.inference_mode():
-            return self._model(self.mixture)
+            return self._model(self.mixture, autocast)
 
-    def _loss_and_backward(self) -> None:
+    def _loss_and_backward(self, autocast: bool) -> None:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        pit_neg_si_snr(self._model(self.mixture), self.sources).backward()
+        pit_neg_si_snr(self._model(self.mixture, autocast), self.sources).backward()
 
     def run_forward(self) -> None:
-        self._forward()
+        self._forward(self.autocast)
 
     def run_step(self) -> None:
-        self._loss_and_backward()
+        self._loss_and_backward(self.autocast)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
         self.optimizer.step()
 
@@ -119,26 +119,19 @@ class TorchCase:
         counts do not depend on the dtype, and oneDNN's bf16 LSTM kernel fails under the
         counter's dispatch mode.
         """
-        autocast, self.autocast = self.autocast, False
-        try:
-            return self._count_flops()
-        finally:
-            self.autocast = autocast
-
-    def _count_flops(self) -> dict:
         counter = FlopCounterMode(display=False, custom_mapping=_LSTM_FLOP_FORMULAS)
         # The fused inference kernel of nn.MultiheadAttention has no FLOP formula.
         fastpath = torch.backends.mha.get_fastpath_enabled()
         torch.backends.mha.set_fastpath_enabled(False)
         try:
             with counter:
-                self._forward()
+                self._forward(autocast=False)
         finally:
             torch.backends.mha.set_fastpath_enabled(fastpath)
         fwd_flops = counter.get_total_flops()
         counter = FlopCounterMode(display=False, custom_mapping=_LSTM_FLOP_FORMULAS)
         with counter:
-            self._loss_and_backward()
+            self._loss_and_backward(autocast=False)
         return {
             "params": count_parameters(self.model),
             "fwd_flops": fwd_flops,
