@@ -4,7 +4,8 @@ In bfloat16 compute the bias gradient is a sum of bf16 activations' gradients ov
 every token. XLA on CPU upcasts such a sum to float32 and rewrites it into a tree of
 windowed reductions, which ran at a few GB/s: 36 of them took about 200 ms of the
 bf16 galr_1.5m train step at 4 s (BENCHMARKS.md). Here the gradient is upcast once and
-summed one axis at a time, as gLN's affine gradients are.
+summed one axis at a time (:func:`sum_over_other_axes`, which the norms' affine
+gradients use too).
 """
 
 from __future__ import annotations
@@ -17,12 +18,22 @@ import jax
 import jax.numpy as jnp
 
 
-def _sum_to(x: jnp.ndarray, axes: Sequence[int]) -> jnp.ndarray:
-    """Sums ``x`` over every axis not in ``axes``, one axis at a time from the last."""
+def sum_over_other_axes(x: jnp.ndarray, axes: Sequence[int]) -> jnp.ndarray:
+    """Sums ``x`` over every axis not in ``axes`` (negative allowed), one axis at a time
+    from the last: short sums, which XLA leaves alone, with pairwise-like rounding.
+
+    Returns:
+      ``[x.shape[a] for a in sorted axes]``.
+    """
+    kept = _normalised(axes, x.ndim)
     for axis in range(x.ndim - 1, -1, -1):
-        if axis not in axes:
+        if axis not in kept:
             x = jnp.sum(x, axis=axis)
     return x
+
+
+def _normalised(axes: Sequence[int], ndim: int) -> tuple[int, ...]:
+    return tuple(axis % ndim for axis in axes)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -37,10 +48,6 @@ def add_bias(y: jnp.ndarray, bias: jnp.ndarray, axes: tuple[int, ...]) -> jnp.nd
     return _add_bias_forward(y, bias, axes)[0]
 
 
-def _normalised(axes: tuple[int, ...], ndim: int) -> tuple[int, ...]:
-    return tuple(axis % ndim for axis in axes)
-
-
 def _add_bias_forward(y, bias, axes):
     axes = _normalised(axes, y.ndim)
     shape = [1] * y.ndim
@@ -50,8 +57,7 @@ def _add_bias_forward(y, bias, axes):
 
 
 def _add_bias_backward(axes, bias, dy):
-    axes = _normalised(axes, dy.ndim)
-    return dy, _sum_to(dy.astype(jnp.float32), axes).astype(bias.dtype)
+    return dy, sum_over_other_axes(dy.astype(jnp.float32), axes).astype(bias.dtype)
 
 
 add_bias.defvjp(_add_bias_forward, _add_bias_backward)

@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from galr_jax.models.dense import sum_over_other_axes
+
 
 def _example_means(x: jnp.ndarray) -> jnp.ndarray:
     """``[batch, ..., features]`` -> ``[batch, 1, ..., 1]``: each example's mean.
@@ -29,14 +31,6 @@ def _example_means(x: jnp.ndarray) -> jnp.ndarray:
     inner = rows @ jnp.ones((x.shape[-1],), x.dtype)  # [batch, rows]
     total = inner @ jnp.ones((inner.shape[1],), x.dtype)  # [batch]
     return (total / (rows.shape[1] * rows.shape[2])).reshape((-1,) + (1,) * (x.ndim - 1))
-
-
-def _feature_sums(x: jnp.ndarray) -> jnp.ndarray:
-    """``[batch, ..., features]`` -> ``[features]``, one axis at a time (short sums:
-    no tree rewrite, and pairwise-like rounding)."""
-    for axis in range(x.ndim - 2, -1, -1):
-        x = jnp.sum(x, axis=axis)
-    return x
 
 
 def _token_means(x: jnp.ndarray) -> jnp.ndarray:
@@ -62,8 +56,8 @@ def _normalise_backward(means, residuals, dy):
     """
     normalised, inverse_std, scale = residuals
     dy32 = dy.astype(jnp.float32)
-    d_scale = _feature_sums(dy32 * normalised)
-    d_bias = _feature_sums(dy32)
+    d_scale = sum_over_other_axes(dy32 * normalised, (-1,))
+    d_bias = sum_over_other_axes(dy32, (-1,))
     d_normalised = dy32 * scale
     dx = inverse_std * (d_normalised - means(d_normalised)
                         - normalised * means(d_normalised * normalised))
