@@ -29,6 +29,7 @@ import numpy as np
 
 from galr_jax.models.dense import add_bias
 from galr_jax.models.dropout import DROPOUT, apply_keep_mask, keep_mask
+from galr_jax.models.scheduling import tied_to
 
 _PROJECTIONS = ("query", "key", "value")
 
@@ -124,7 +125,12 @@ def _contract_queries(weights: jnp.ndarray, x: jnp.ndarray) -> jnp.ndarray:
 def _attention_backward(keep_prob, residuals, d_out):
     query, key, value, keep, weights, out = residuals
     scale = 1.0 / np.sqrt(query.shape[-1])
-    d_value = _contract_queries(_dropped(weights, keep, keep_prob).astype(value.dtype), d_out)
+    dropped = weights
+    if keep is not None:
+        # Untied, XLA reuses the forward's identical expression and keeps every block's
+        # [..., length, length] dropped weights live from the forward pass on.
+        dropped = _dropped(tied_to(weights, d_out), keep, keep_prob)
+    d_value = _contract_queries(dropped.astype(value.dtype), d_out)
     d_dropped = jnp.einsum("...qd,...kd->...qk", d_out, value,
                            preferred_element_type=jnp.float32)
     row = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)

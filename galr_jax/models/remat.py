@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from galr_jax.models.dropout import DROPOUT
+from galr_jax.models.scheduling import tied_to
 
 
 def apply_rematerialised(block: nn.Module, x: jnp.ndarray, train: bool,
@@ -61,9 +62,9 @@ def apply_rematerialised(block: nn.Module, x: jnp.ndarray, train: bool,
     def backward(residuals, d_out):
         variables, key, first_row, x = residuals
         # A data dependency, not an optimization barrier: XLA on CPU removes barriers
-        # before it schedules. Floats times zero are not simplified away (NaN), so the
-        # recomputation waits for d_out at the cost of one pass over x.
-        x = x + jnp.zeros((), x.dtype) * d_out.reshape(-1)[0].astype(x.dtype)
+        # before it schedules. The recomputation waits for d_out at the cost of one pass
+        # over x.
+        x = tied_to(x, d_out)
         _, vjp = jax.vjp(lambda v, x: pure(v, key, first_row, x), variables, x)
         d_variables, d_x = vjp(d_out)
         d_key = None if key is None else np.zeros(key.shape, jax.dtypes.float0)
