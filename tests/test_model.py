@@ -18,6 +18,7 @@ from galr_jax.config import config_from_dict
 from galr_jax.models import (BiLSTM, Dropout, GALRBlock, GlobalLayerNorm, GloballyAttentive,
                              LayerNorm)
 from galr_jax.models.dense import Dense, add_bias
+from galr_jax.models.scheduling import scan_into_own_buffers
 from galr_jax.models.remat import apply_rematerialised
 from galr_jax import summary
 from galr_jax.summary import count_params
@@ -211,35 +212,28 @@ def test_remat_backward_recomputes_the_forward_pass_dropout_masks():
         np.testing.assert_allclose(remat, direct, rtol=1e-4, atol=1e-5 * largest)
 
 
+def _gradient_temporaries(module: nn.Module, x: jnp.ndarray, **apply_kwargs) -> int:
+    """Temporary bytes of the compiled gradient of sum(module(x)^2), from XLA."""
+    variables = module.init(jax.random.PRNGKey(0), x)
+
+    def loss(v):
+        return jnp.sum(module.apply(v, x, **apply_kwargs) ** 2)
+
+    compiled = jax.jit(jax.grad(loss)).lower(variables).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+
 @pytest.mark.parametrize("name", list(SMALL))
 def test_remat_lowers_the_compiled_train_step_memory(name):
     # nn.remat alone left the peak where it was: XLA on CPU ran the recomputation beside
     # the forward pass. Measured 0.68 (GALR) and 0.81 (DPRNN) of the plain peak.
     config = model_config(name, num_blocks=4, hidden=32, features=32)
     mixture = random_mixture(2, 8000)
-    temporaries = []
-    for remat in (False, True):
-        model = build_model(dataclasses.replace(config, remat=remat))
-        variables = model.init(jax.random.PRNGKey(0), mixture[:, :400])
-
-        def loss(v):
-            return jnp.sum(model.apply(v, mixture, train=True,
-                                       rngs={"dropout": jax.random.PRNGKey(1)}) ** 2)
-
-        compiled = jax.jit(jax.grad(loss)).lower(variables).compile()
-        temporaries.append(compiled.memory_analysis().temp_size_in_bytes)
+    temporaries = [_gradient_temporaries(build_model(dataclasses.replace(config, remat=remat)),
+                                         mixture, train=True,
+                                         rngs={"dropout": jax.random.PRNGKey(1)})
+                   for remat in (False, True)]
     assert temporaries[1] < 0.9 * temporaries[0], temporaries
-
-
-def _gradient_temporaries(module: nn.Module, x: jnp.ndarray, train: bool = False) -> int:
-    variables = module.init(jax.random.PRNGKey(0), x)
-
-    def loss(v):
-        kwargs = {"rngs": {"dropout": jax.random.PRNGKey(1)}} if train else {}
-        return jnp.sum(module.apply(v, x, **kwargs) ** 2)
-
-    compiled = jax.jit(jax.grad(loss)).lower(variables).compile()
-    return compiled.memory_analysis().temp_size_in_bytes
 
 
 class _StackedBiLSTMs(nn.Module):
@@ -252,6 +246,27 @@ class _StackedBiLSTMs(nn.Module):
         for layer in range(self.layers):
             x = x + BiLSTM(self.hidden, True, name=f"lstm_{layer}")(x)[..., :features]
         return x
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("unroll", [1, 3])
+def test_scan_into_own_buffers_matches_lax_scan(reverse, unroll):
+    def step(carry, x_t):
+        a, b = x_t
+        carry = jnp.tanh(carry + a) * b[:, :1]
+        return carry, (carry, a * 2.0, b.astype(jnp.bfloat16))
+
+    xs = (jax.random.normal(jax.random.PRNGKey(5), (7, 3, 4)),
+          jax.random.normal(jax.random.PRNGKey(6), (7, 3, 2)))
+    init = jnp.ones((3, 4))
+    anchor = jnp.full((8,), jnp.nan)  # the tie's value never reaches the outputs
+    expected = jax.lax.scan(step, init, xs, reverse=reverse, unroll=unroll)
+    got = jax.jit(lambda init, xs, anchor: scan_into_own_buffers(
+        step, init, xs, anchor, reverse=reverse, unroll=unroll))(init, xs, anchor)
+    assert jax.tree.structure(got) == jax.tree.structure(expected)
+    for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+        assert g.dtype == e.dtype and g.shape == e.shape
+        np.testing.assert_array_equal(np.asarray(g, np.float32), np.asarray(e, np.float32))
 
 
 def test_bilstm_backward_buffers_are_live_one_layer_at_a_time():
@@ -288,7 +303,8 @@ def test_attention_backward_recomputes_the_dropped_weights():
     x = jax.random.normal(jax.random.PRNGKey(3), (batch, segments, length, features))
     growth = {}
     for rate in (0.0, 0.1):
-        small, large = (_gradient_temporaries(_StackedAttention(layers, rate), x, train=True)
+        small, large = (_gradient_temporaries(_StackedAttention(layers, rate), x,
+                                              rngs={"dropout": jax.random.PRNGKey(1)})
                         for layers in (2, 4))
         growth[rate] = (large - small) / 2
     weights = 4 * batch * low_dim * heads * segments * segments

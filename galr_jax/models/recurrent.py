@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from galr_jax.models.scheduling import tied_to
+from galr_jax.models.scheduling import scan_into_own_buffers
 
 _NUM_GATES = 4  # input, forget, cell candidate, output: torch's order
 _NUM_DIRECTIONS = 2
@@ -28,48 +28,6 @@ def _activations(z: jnp.ndarray):
     """Gate activations of pre-activations ``[..., 4H]``: sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)."""
     i, f, g, o = jnp.split(z, _NUM_GATES, axis=-1)
     return jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
-
-
-def _scan_stacking_into_own_buffers(step, init, xs, anchor, reverse=False, unroll=1):
-    """``lax.scan(step, init, xs)`` whose stacked per-step outputs fill buffers of their own.
-
-    ``lax.scan`` starts every stacked output as one zero broadcast. XLA merges those of
-    equal shape across the whole program and copies them out at its start, so each
-    loop's output buffers are allocated (and written twice) long before the loop runs:
-    in a train step every block's backward-loop buffers were live from the forward pass
-    on (galr_1.5m at 4 s: 806 of the step's 3,233 MB). Here each output buffer is tied
-    to its own element of ``anchor``, an array the loop needs anyway
-    (:func:`~galr_jax.models.scheduling.tied_to`), so it is written once, right before
-    its loop, and not shared. Every element is overwritten by the loop, so the tie's
-    value never shows.
-
-    Args:
-      step: ``(carry, x_t) -> (carry, outputs)``, outputs a tuple of arrays.
-      init: the initial carry.
-      xs: per-step inputs, stacked on axis 0.
-      anchor: an array with at least as many elements as ``step`` has outputs.
-      reverse, unroll: as ``lax.scan``.
-
-    Returns:
-      ``(final carry, stacked outputs)``, as ``lax.scan``.
-    """
-    length = jax.tree_util.tree_leaves(xs)[0].shape[0]
-    first_x = jax.tree_util.tree_map(lambda x: x[0], xs)
-    output_shapes = jax.eval_shape(lambda c, x: step(c, x)[1], init, first_x)
-    buffers = tuple(tied_to(jnp.zeros((length, *out.shape), out.dtype), anchor, k)
-                    for k, out in enumerate(output_shapes))
-
-    def body(state, indexed_x):
-        carry, buffers = state
-        index, x_t = indexed_x
-        carry, outputs = step(carry, x_t)
-        buffers = tuple(jax.lax.dynamic_update_index_in_dim(b, o, index, 0)
-                        for b, o in zip(buffers, outputs))
-        return (carry, buffers), None
-
-    (carry, buffers), _ = jax.lax.scan(body, (init, buffers), (jnp.arange(length), xs),
-                                       reverse=reverse, unroll=unroll)
-    return carry, buffers
 
 
 def _scan_forward(x_forward, x_backward, kernel_ih, kernel_hh, bias, h0, c0, unroll,
@@ -96,7 +54,7 @@ def _scan_forward(x_forward, x_backward, kernel_ih, kernel_hh, bias, h0, c0, unr
         outputs = (h_new[0], h_new[1])
         return (h_new, c_new), ((*outputs, i, f, g, o, c) if save_residuals else outputs)
 
-    return _scan_stacking_into_own_buffers(step, (h0, c0), inputs, x_forward, unroll=unroll)[1]
+    return scan_into_own_buffers(step, (h0, c0), inputs, x_forward, unroll=unroll)[1]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
@@ -157,7 +115,7 @@ def _bilstm_backward(unroll, residuals, d_outputs):
         return (dh_prev, dc * f), (dz[0], dz[1])
 
     zeros = jnp.zeros_like(h0)
-    (dh0, dc0), dz = _scan_stacking_into_own_buffers(
+    (dh0, dc0), dz = scan_into_own_buffers(
         step, (zeros, zeros), (*d_outputs, *gates_and_cells), d_outputs[0], reverse=True,
         unroll=unroll)
     d_kernel_ih, d_kernel_hh, d_bias, d_inputs = [], [], [], []
