@@ -58,8 +58,9 @@ class LocallyRecurrent(nn.Module):
         batch, segments, length, features = x.shape
         sequences = x.reshape(batch * segments, length, features)
         y = BiLSTM(self.hidden, self.learnable_initial_state, self.unroll, self.dtype,
-                   name="lstm")(sequences)
-        y = Dense(features, dtype=self.dtype, name="proj")(y)
+                   time_major_output=True, name="lstm")(sequences)
+        # Projected time-major, then transposed: D features to move instead of 2H.
+        y = jnp.swapaxes(Dense(features, dtype=self.dtype, name="proj")(y), 0, 1)
         y = GlobalLayerNorm(self.norm_eps, name="norm")(y.reshape(x.shape))
         return x + y
 
