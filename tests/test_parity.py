@@ -194,8 +194,13 @@ def test_bilstm(pair, steps):
         state = (reference.h0.expand(shape).contiguous(), reference.c0.expand(shape).contiguous())
         return reference.lstm(t, state)[0]
 
-    assert_parity(run_flax(lstm, params["blocks_0"][path]["lstm"], x), run_torch(torch_lstm, x),
-                  what="BiLSTM")
+    batch_major = run_flax(lstm, params["blocks_0"][path]["lstm"], x)
+    assert_parity(batch_major, run_torch(torch_lstm, x), what="BiLSTM")
+    # The layout LocallyRecurrent asks for: the same values, steps first.
+    time_major = BiLSTM(hidden=config.hidden, learnable_initial_state=learnable,
+                        time_major_output=True)
+    np.testing.assert_array_equal(run_flax(time_major, params["blocks_0"][path]["lstm"], x),
+                                  np.swapaxes(batch_major, 0, 1))
 
 
 @pytest.mark.parametrize("segments", [1, 6])
