@@ -18,7 +18,7 @@ from galr_jax.config import config_from_dict
 from galr_jax.models import (BiLSTM, Dropout, GALRBlock, GlobalLayerNorm, GloballyAttentive,
                              LayerNorm, LocallyRecurrent)
 from galr_jax.models.dense import Dense, add_bias
-from galr_jax.models.scheduling import scan_into_own_buffers
+from galr_jax.models.scheduling import scan_in_place, scan_into_own_buffers
 from galr_jax.models.remat import apply_rematerialised
 from galr_jax import summary
 from galr_jax.summary import count_params
@@ -248,6 +248,14 @@ class _StackedBiLSTMs(nn.Module):
         return x
 
 
+def _assert_same_arrays(got, expected):
+    """Same tree structure, and leaves equal in dtype, shape and every value."""
+    assert jax.tree.structure(got) == jax.tree.structure(expected)
+    for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+        assert g.dtype == e.dtype and g.shape == e.shape
+        np.testing.assert_array_equal(np.asarray(g, np.float32), np.asarray(e, np.float32))
+
+
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("unroll", [1, 3])
 def test_scan_into_own_buffers_matches_lax_scan(reverse, unroll):
@@ -263,10 +271,41 @@ def test_scan_into_own_buffers_matches_lax_scan(reverse, unroll):
     expected = jax.lax.scan(step, init, xs, reverse=reverse, unroll=unroll)
     got = jax.jit(lambda init, xs, anchor: scan_into_own_buffers(
         step, init, xs, anchor, reverse=reverse, unroll=unroll))(init, xs, anchor)
-    assert jax.tree.structure(got) == jax.tree.structure(expected)
-    for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
-        assert g.dtype == e.dtype and g.shape == e.shape
-        np.testing.assert_array_equal(np.asarray(g, np.float32), np.asarray(e, np.float32))
+    _assert_same_arrays(got, expected)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("unroll", [1, 3])
+def test_scan_in_place_matches_lax_scan(reverse, unroll):
+    def step(carry, x_t, slices):
+        gates, cells = slices
+        carry = jnp.tanh(carry + x_t) * gates[:, :1]
+        return carry, (gates * carry[:, :1], (cells + carry[:, :2]).astype(cells.dtype))
+
+    xs = jax.random.normal(jax.random.PRNGKey(5), (7, 3, 4))
+    buffers = (jax.random.normal(jax.random.PRNGKey(6), (7, 3, 8)),
+               jax.random.normal(jax.random.PRNGKey(7), (7, 3, 2)).astype(jnp.bfloat16))
+    init = jnp.ones((3, 4))
+    expected = jax.lax.scan(lambda c, per_step: step(c, per_step[0], per_step[1:]), init,
+                            (xs, *buffers), reverse=reverse, unroll=unroll)
+    got = jax.jit(lambda init, xs, buffers: scan_in_place(
+        step, init, xs, buffers, reverse=reverse, unroll=unroll))(init, xs, buffers)
+    _assert_same_arrays(got, expected)
+
+
+def test_bilstm_backward_writes_the_gate_gradients_over_the_gates():
+    # The backward loop's [steps, sequences, 4H] gate gradients per direction took a
+    # buffer of their own beside the saved gates, allocated while every layer's residuals
+    # were live: one layer's gradient needed the residuals + 1.38 of those buffers here,
+    # and needs the residuals + 0.38 now.
+    sequences, steps, features, hidden = 64, 50, 16, 32
+    x = jax.random.normal(jax.random.PRNGKey(2), (sequences, steps, features))
+    temporaries = _gradient_temporaries(_StackedBiLSTMs(1, hidden), x)
+    word = 4
+    residuals = word * steps * sequences * (5 * 2 * hidden + 2 * hidden + 2 * features)
+    gate_gradients = word * 2 * steps * sequences * 4 * hidden
+    assert temporaries < residuals + 0.75 * gate_gradients, (temporaries, residuals,
+                                                             gate_gradients)
 
 
 def test_bilstm_backward_buffers_are_live_one_layer_at_a_time():

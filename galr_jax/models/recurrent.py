@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from galr_jax.models.scheduling import scan_into_own_buffers, tied_to
+from galr_jax.models.scheduling import scan_in_place, scan_into_own_buffers, tied_to
 
 _NUM_GATES = 4  # input, forget, cell candidate, output: torch's order
 _NUM_DIRECTIONS = 2
@@ -52,7 +52,10 @@ def _scan_forward(x_forward, x_backward, kernel_ih, kernel_hh, bias, h0, c0, unr
         c_new = f * c + i * g
         h_new = o * jnp.tanh(c_new)
         outputs = (h_new[0], h_new[1])
-        return (h_new, c_new), ((*outputs, i, f, g, o, c) if save_residuals else outputs)
+        if not save_residuals:
+            return (h_new, c_new), outputs
+        gates = jnp.concatenate([i, f, g, o], axis=-1)  # [2, sequences, 4H]
+        return (h_new, c_new), (*outputs, gates[0], gates[1], c)
 
     return scan_into_own_buffers(step, (h0, c0), inputs, x_forward, unroll=unroll)[1]
 
@@ -93,11 +96,12 @@ def _bilstm(x, kernel_ih, kernel_hh, bias, h0, c0, unroll, save_residuals):
 def _bilstm_forward(x, kernel_ih, kernel_hh, bias, h0, c0, unroll):
     """Forward rule of :func:`fused_bilstm`.
 
-    Keeps the gates and the previous cell states, and the layer's input and output as
-    they are: the output is also what the projection after the layer keeps for its
-    weight gradient, so one buffer serves both, and the backward pass rebuilds each
-    direction's previous states and time-major inputs from them (see
-    :func:`_bilstm_backward`).
+    Keeps each direction's activated gates as one ``[steps, sequences, 4H]`` array, the
+    shape of its gate gradients, which the backward loop writes over them; the previous
+    cell states; and the layer's input and output as they are: the output is also what
+    the projection after the layer keeps for its weight gradient, so one buffer serves
+    both, and the backward pass rebuilds each direction's previous states and
+    time-major inputs from them (see :func:`_bilstm_backward`).
     """
     out, gates_and_cells = _bilstm(x, kernel_ih, kernel_hh, bias, h0, c0, unroll, True)
     return out, (x, out, kernel_ih, kernel_hh, h0, gates_and_cells)
@@ -116,15 +120,16 @@ def _bilstm_backward(unroll, residuals, d_out):
     free, XLA computes them in the forward pass, and each block's copies stay live until
     its backward (galr_1.5m at 4 s: 42 MB a layer).
     """
-    x, out, kernel_ih, kernel_hh, h0, gates_and_cells = residuals
+    x, out, kernel_ih, kernel_hh, h0, (gates_forward, gates_backward, c_prevs) = residuals
     compute_dtype = kernel_hh.dtype
     hidden = kernel_hh.shape[1]
     d_time_major = d_out.astype(jnp.float32)  # [steps, sequences, 2H]
     d_outputs = (d_time_major[..., :hidden], d_time_major[::-1, :, hidden:])
 
-    def step(carry, per_step):
+    def step(carry, per_step, gates):
         dh_next, dc_next = carry
-        dh_forward, dh_backward, i, f, g, o, c_prev = per_step
+        dh_forward, dh_backward, c_prev = per_step
+        i, f, g, o = jnp.split(jnp.stack(gates), _NUM_GATES, axis=-1)
         tanh_c = jnp.tanh(f * c_prev + i * g)
         dh = jnp.stack([dh_forward, dh_backward]) + dh_next
         dc = dc_next + dh * o * (1 - tanh_c * tanh_c)
@@ -135,9 +140,10 @@ def _bilstm_backward(unroll, residuals, d_out):
         return (dh_prev, dc * f), (dz[0], dz[1])
 
     zeros = jnp.zeros_like(h0)
-    (dh0, dc0), dz = scan_into_own_buffers(
-        step, (zeros, zeros), (*d_outputs, *gates_and_cells), d_outputs[0], reverse=True,
-        unroll=unroll)
+    # Each step's gate gradients overwrite its gates, which nothing reads afterwards: no
+    # buffer to allocate (and fill) for them while every block's residuals are live.
+    (dh0, dc0), dz = scan_in_place(step, (zeros, zeros), (*d_outputs, c_prevs),
+                                   (gates_forward, gates_backward), reverse=True, unroll=unroll)
     states = tied_to(out, dz[0])  # [steps, sequences, 2H]
     inputs = jnp.swapaxes(tied_to(x, dz[1]), 0, 1)  # [steps, sequences, features]
     # Each direction in its own time order; its state before step 0 is h0.

@@ -67,3 +67,39 @@ def scan_into_own_buffers(step, init, xs, anchor, reverse=False, unroll=1):
     (carry, buffers), _ = jax.lax.scan(body, (init, buffers), (jnp.arange(length), xs),
                                        reverse=reverse, unroll=unroll)
     return carry, buffers
+
+
+def scan_in_place(step, init, xs, buffers, reverse=False, unroll=1):
+    """A scan whose step reads its slice of each buffer and overwrites it with its outputs.
+
+    Where a loop consumes a stacked array step by step and produces one of the same shape
+    (a backward pass turning saved gates into gate gradients), the output can reuse the
+    input's memory: XLA updates a while loop's buffers in place when nothing else reads
+    them afterwards, so no second buffer is allocated or filled.
+
+    Args:
+      step: ``(carry, x_t, slices) -> (carry, outputs)``; ``slices`` and ``outputs`` are
+        tuples with one ``[...]`` array per buffer, ``outputs`` of the slices' shapes.
+      init: the initial carry.
+      xs: per-step inputs, stacked on axis 0.
+      buffers: tuple of arrays stacked on axis 0, as long as ``xs``.
+      reverse, unroll: as ``lax.scan``.
+
+    Returns:
+      ``(final carry, buffers)``, each buffer's slice ``t`` replaced by step ``t``'s output.
+    """
+    length = buffers[0].shape[0]
+
+    def body(state, indexed_x):
+        carry, buffers = state
+        index, x_t = indexed_x
+        slices = tuple(jax.lax.dynamic_index_in_dim(b, index, 0, keepdims=False)
+                       for b in buffers)
+        carry, outputs = step(carry, x_t, slices)
+        buffers = tuple(jax.lax.dynamic_update_index_in_dim(b, o, index, 0)
+                        for b, o in zip(buffers, outputs))
+        return (carry, buffers), None
+
+    (carry, buffers), _ = jax.lax.scan(body, (init, tuple(buffers)), (jnp.arange(length), xs),
+                                       reverse=reverse, unroll=unroll)
+    return carry, buffers
