@@ -84,7 +84,8 @@ def fused_bilstm(x, kernel_ih, kernel_hh, bias, h0, c0, unroll):
 
 
 def _bilstm(x, kernel_ih, kernel_hh, bias, h0, c0, unroll, save_residuals):
-    """The layer's output and, optionally, the gates and cell states of every step."""
+    """The layer's output and, optionally, each direction's gates and the cell states of
+    every step."""
     time_major = jnp.swapaxes(x, 0, 1)  # [steps, sequences, features]
     h_forward, h_backward, *gates_and_cells = _scan_forward(
         time_major, time_major[::-1], kernel_ih, kernel_hh, bias, h0, c0, unroll,

@@ -1,4 +1,6 @@
-"""Data dependencies that steer XLA's scheduling where its own choices cost memory."""
+"""Steering where XLA places computations and buffers, where its own choices cost memory:
+data dependencies (:func:`tied_to`), and loops that fill buffers of their own or reuse
+their inputs' buffers."""
 
 from __future__ import annotations
 
