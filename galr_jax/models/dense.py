@@ -72,8 +72,6 @@ class Dense(nn.Module):
     Attributes:
       features: output features.
       use_bias: add a bias.
-      bias_copies: how many times the bias is added: a layer moved after a sum of
-        ``bias_copies`` inputs (an overlap-add) adds what the layer added to each.
       dtype: compute dtype of the product (parameters stay float32).
 
     Shape:
@@ -82,7 +80,6 @@ class Dense(nn.Module):
 
     features: int
     use_bias: bool = True
-    bias_copies: int = 1
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -93,4 +90,4 @@ class Dense(nn.Module):
         if not self.use_bias:
             return y
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        return add_bias(y, bias if self.bias_copies == 1 else bias * self.bias_copies, (-1,))
+        return add_bias(y, bias, (-1,))

@@ -11,7 +11,6 @@ from galr_jax.models.dense import Dense
 from galr_jax.models.segmentation import overlap_add
 
 _PRELU_INIT = 0.25  # torch.nn.PReLU's default slope
-_OVERLAP = 2  # segments covering each frame (half-overlapping segmentation)
 
 MASK_NONLINEARITIES = {"relu": nn.relu, "sigmoid": nn.sigmoid}
 
@@ -38,17 +37,13 @@ class MaskHead(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, num_frames: int) -> jnp.ndarray:
-        batch, features = x.shape[0], x.shape[-1]
+        batch, segments, length, features = x.shape
         x = nn.PReLU(negative_slope_init=_PRELU_INIT, name="prelu")(x)
-        # The 1x1 conv is linear and per position, so it commutes with the overlap-add,
-        # where every frame is the sum of two segment positions (so twice the bias).
-        # After it, the conv and its gradient run on half as many positions.
-        frames = overlap_add(x, num_frames)  # [batch, frames, D]
-        x = Dense(self.num_sources * features, bias_copies=_OVERLAP, dtype=self.dtype,
-                  name="to_sources")(frames)
+        x = Dense(self.num_sources * features, dtype=self.dtype, name="to_sources")(x)
         # Channel index is source * D + feature, as in the reference's 1x1 conv.
-        x = x.reshape(batch, num_frames, self.num_sources, features)
-        frames = jnp.moveaxis(x, 2, 1).reshape(batch * self.num_sources, num_frames, features)
+        x = x.reshape(batch, segments, length, self.num_sources, features)
+        x = jnp.moveaxis(x, 3, 1).reshape(batch * self.num_sources, segments, length, features)
+        frames = overlap_add(x, num_frames)  # [batch * C, frames, D]
         gated = (jnp.tanh(Dense(features, dtype=self.dtype, name="gate_tanh")(frames))
                  * nn.sigmoid(Dense(features, dtype=self.dtype, name="gate_sigmoid")(frames)))
         masks = Dense(self.num_filters, use_bias=False, dtype=self.dtype, name="to_filters")(gated)
