@@ -18,9 +18,6 @@ MASK_NONLINEARITIES = {"relu": nn.relu, "sigmoid": nn.sigmoid}
 class MaskHead(nn.Module):
     """PReLU -> 1x1 conv D->C*D -> overlap-add per source -> gated tanh*sigmoid -> 1x1 conv D->N -> mask.
 
-    The spec's order, computed with the first conv after the overlap-add (the same
-    function, see ``__call__``); parameters as the spec's order has them.
-
     Attributes:
       num_sources: C.
       num_filters: N, the encoder's filter count (masks multiply encoder frames).
