@@ -57,18 +57,8 @@ def scan_into_own_buffers(step, init, xs, anchor, reverse=False, unroll=1):
     output_shapes = jax.eval_shape(lambda c, x: step(c, x)[1], init, first_x)
     buffers = tuple(tied_to(jnp.zeros((length, *out.shape), out.dtype), anchor, k)
                     for k, out in enumerate(output_shapes))
-
-    def body(state, indexed_x):
-        carry, buffers = state
-        index, x_t = indexed_x
-        carry, outputs = step(carry, x_t)
-        buffers = tuple(jax.lax.dynamic_update_index_in_dim(b, o, index, 0)
-                        for b, o in zip(buffers, outputs))
-        return (carry, buffers), None
-
-    (carry, buffers), _ = jax.lax.scan(body, (init, buffers), (jnp.arange(length), xs),
-                                       reverse=reverse, unroll=unroll)
-    return carry, buffers
+    return scan_in_place(lambda carry, x_t, _: step(carry, x_t), init, xs, buffers,
+                         reverse=reverse, unroll=unroll)
 
 
 def scan_in_place(step, init, xs, buffers, reverse=False, unroll=1):
