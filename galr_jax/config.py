@@ -50,6 +50,9 @@ class ModelConfig:
     compute_dtype: str = "float32"  # float32 | bfloat16 (params stay float32)
     lstm_unroll: int = 1  # scan unroll factor of the BiLSTM time loop
     remat: bool = False  # recompute each block's forward in its backward pass (models/remat.py)
+    # GALR: recompute each block's multi-head attention in its backward pass (less memory,
+    # a few % more step time; implied by remat)
+    recompute_attention: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -52,7 +52,7 @@ AUDIO_SUBDIR = "audio"
 METRIC_COLUMNS = ("si_snr", "si_snri", "sdr", "sdri", "pesq", "stoi")
 # Model fields that change how the network runs but not its weights; the rest must
 # match the checkpoint.
-RUNTIME_MODEL_FIELDS = ("compute_dtype", "lstm_unroll", "remat")
+RUNTIME_MODEL_FIELDS = ("compute_dtype", "lstm_unroll", "remat", "recompute_attention")
 SDR_METHOD = "BSS-eval SDR, 512-tap distortion filter (galr_jax.metrics; agrees with mir_eval)"
 
 

@@ -11,9 +11,10 @@ import numpy as np
 
 from galr_jax.models.attention import MultiHeadSelfAttention
 from galr_jax.models.dense import Dense, add_bias
-from galr_jax.models.dropout import Dropout
+from galr_jax.models.dropout import DROPOUT, Dropout
 from galr_jax.models.norms import GlobalLayerNorm, LayerNorm
 from galr_jax.models.recurrent import BiLSTM
+from galr_jax.models.remat import apply_recomputed, apply_rematerialised
 
 _POSITION_BASE = 10000.0  # the standard Transformer positional-encoding base
 
@@ -96,6 +97,8 @@ class GloballyAttentive(nn.Module):
       dropout: on the attention weights and on the attention output.
       attention_residual: r = attention input (standard) if True, r = y (author's code) if False.
       norm_eps: epsilon of the LayerNorms and the gLN.
+      recompute_attention: recompute the multi-head attention in the backward pass rather
+        than keep its intermediates (off where the whole block is recomputed anyway).
 
     Shape:
       ``[batch, segments, K, D]`` -> same; ``first_row`` is the global index of the
@@ -108,6 +111,7 @@ class GloballyAttentive(nn.Module):
     attention_residual: bool
     norm_eps: float
     dtype: Any = jnp.float32
+    recompute_attention: bool = True
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False,
@@ -119,15 +123,30 @@ class GloballyAttentive(nn.Module):
         tokens = jnp.swapaxes(y, 1, 2)  # [batch, Q, segments, D]: attend along segments
         tokens = LayerNorm(self.norm_eps, self.dtype, name="norm_in")(tokens)
         tokens = tokens + sinusoidal_positions(segments, features).astype(tokens.dtype)
-        attended = MultiHeadSelfAttention(self.num_heads, self.dropout, self.dtype,
-                                          name="attention")(tokens, train, first_row)
+        attention = MultiHeadSelfAttention(self.num_heads, self.dropout, self.dtype,
+                                           name="attention")
+        if self.recompute_attention:
+            # Recomputed in the backward pass from the tokens, which the attention's input
+            # projection keeps anyway: kept, its queries, keys, values and output would be
+            # live for every block at the train step's peak (10.8 MB a block for
+            # galr_1.5m at 4 s), for one more projection and attention forward per block.
+            key = self.make_rng(DROPOUT) if train and self.dropout > 0.0 else None
+            attended = apply_rematerialised(attention, tokens, train, key, first_row)
+        else:
+            attended = attention(tokens, train, first_row)
         residual = tokens if self.attention_residual else attended
         dropped = Dropout(self.dropout, deterministic=not train)(attended, first_row=first_row)
         tokens = LayerNorm(self.norm_eps, self.dtype, name="norm_out")(residual + dropped)
         y = jnp.swapaxes(tokens, 1, 2)  # [batch, segments, Q, D]
-        if self.low_dim is not None:
-            y = SegmentLengthMap(length, self.dtype, name="from_low_dim")(y)
-        return x + GlobalLayerNorm(self.norm_eps, name="norm")(y)
+        norm = GlobalLayerNorm(self.norm_eps, name="norm")
+        if self.low_dim is None:
+            return x + norm(y)
+        # The gLN would keep its [batch, segments, K, D] input for the backward pass, every
+        # block's at once at the train step's peak (8.4 MB a block for galr_1.5m at 4 s);
+        # recomputed from the Q-long y, which the Q->K map's gradient keeps anyway, it
+        # costs one small product and the gLN's forward.
+        return x + apply_recomputed(y, SegmentLengthMap(length, self.dtype, name="from_low_dim"),
+                                    norm)
 
 
 class GALRBlock(nn.Module):
@@ -145,6 +164,7 @@ class GALRBlock(nn.Module):
     norm_eps: float
     unroll: int = 1
     dtype: Any = jnp.float32
+    recompute_attention: bool = True
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False,
@@ -153,4 +173,4 @@ class GALRBlock(nn.Module):
                              name="locally_recurrent")(x)
         return GloballyAttentive(self.num_heads, self.low_dim, self.dropout,
                                  self.attention_residual, self.norm_eps, self.dtype,
-                                 name="globally_attentive")(x, train, first_row)
+                                 self.recompute_attention, name="globally_attentive")(x, train, first_row)

@@ -1,4 +1,8 @@
-"""Rematerialisation of a block that happens in the backward pass, not beside the forward.
+"""Rematerialisation that happens in the backward pass, not beside the forward.
+
+Of a whole block (:func:`apply_rematerialised`, ``model.remat``), or of a few cheap layers
+whose kept intermediates cost more memory than recomputing them costs time
+(:func:`apply_recomputed`).
 
 ``nn.remat`` (``jax.checkpoint``) only marks the block's forward for recomputation;
 XLA may schedule the recomputed forward as early as it likes. On CPU it runs it
@@ -13,7 +17,7 @@ figures).
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import flax.linen as nn
 import jax
@@ -73,3 +77,62 @@ def apply_rematerialised(block: nn.Module, x: jnp.ndarray, train: bool,
 
     return nn.custom_vjp(call, forward, backward)(block, x, dropout_key,
                                                   jnp.asarray(first_row, jnp.int32))
+
+
+def recompute_in_backward(fn: Callable[..., jnp.ndarray], x: jnp.ndarray, *params: Any
+                          ) -> jnp.ndarray:
+    """``fn(x, *params)``, keeping only ``x`` and ``params`` for the backward pass.
+
+    The backward pass reruns ``fn`` on ``x`` tied (:func:`tied_to`) to the output's
+    gradient, so the recomputation cannot be scheduled before that gradient exists, nor
+    merged with the forward pass's identical expressions.
+
+    Args:
+      fn: a pure function of arrays (and pytrees of arrays).
+      x: its first argument, the one its intermediates are recomputed from.
+      params: its other arguments (weights).
+
+    Returns:
+      ``fn(x, *params)``.
+    """
+
+    @jax.custom_vjp
+    def call(x, params):
+        return fn(x, *params)
+
+    def forward(x, params):
+        return fn(x, *params), (x, params)
+
+    def backward(residuals, d_out):
+        x, params = residuals
+        _, vjp = jax.vjp(lambda x, params: fn(x, *params), tied_to(x, d_out), params)
+        return vjp(d_out)
+
+    call.defvjp(forward, backward)
+    return call(x, params)
+
+
+def apply_recomputed(x: jnp.ndarray, *modules: nn.Module) -> jnp.ndarray:
+    """Applies ``modules`` in turn to ``x``; the backward pass recomputes their
+    intermediates from ``x`` (:func:`recompute_in_backward`) instead of keeping them.
+
+    Args:
+      x: the first module's input.
+      modules: parameter-only child modules of the caller (unbound, as created in
+        ``nn.compact``), each called as ``module(x)``; their parameters keep their names.
+
+    Returns:
+      The last module's output.
+    """
+    if modules[0].is_initializing():
+        for module in modules:
+            x = module(x)
+        return x
+    templates = [module.clone(parent=None) for module in modules]
+
+    def pure(x, *params):
+        for template, variables in zip(templates, params):
+            x = template.apply({"params": variables}, x)
+        return x
+
+    return recompute_in_backward(pure, x, *(module.variables["params"] for module in modules))
