@@ -117,7 +117,8 @@ def main(argv=None) -> None:
     if c.separator == "galr":
         parts.append(("globally attentive", c.num_blocks,
                       GloballyAttentive(c.num_heads, c.low_dim, c.attention_dropout,
-                                        c.attention_residual, c.norm_eps, dtype),
+                                        c.attention_residual, c.norm_eps, dtype,
+                                        c.recompute_attention),
                       blocks_input, {}, "globally_attentive"))
     runs = {}
     for name, _, module, x, kwargs, torch_name in parts:

@@ -127,9 +127,9 @@ class GloballyAttentive(nn.Module):
                                            name="attention")
         if self.recompute_attention:
             # Recomputed in the backward pass from the tokens, which the attention's input
-            # projection keeps anyway: kept, its queries, keys, values and output would be
-            # live for every block at the train step's peak (10.8 MB a block for
-            # galr_1.5m at 4 s), for one more projection and attention forward per block.
+            # projection keeps anyway: kept, its queries, keys, values, [.., S, S] weights
+            # and output would be live for every block at the train step's peak (about
+            # 41 MB a block for galr_1.5m at 4 s), for one more attention forward a block.
             key = self.make_rng(DROPOUT) if train and self.dropout > 0.0 else None
             attended = apply_rematerialised(attention, tokens, train, key, first_row)
         else:
