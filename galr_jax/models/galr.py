@@ -173,4 +173,5 @@ class GALRBlock(nn.Module):
                              name="locally_recurrent")(x)
         return GloballyAttentive(self.num_heads, self.low_dim, self.dropout,
                                  self.attention_residual, self.norm_eps, self.dtype,
-                                 self.recompute_attention, name="globally_attentive")(x, train, first_row)
+                                 self.recompute_attention,
+                                 name="globally_attentive")(x, train, first_row)

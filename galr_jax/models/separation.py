@@ -56,7 +56,8 @@ class SeparationModel(nn.Module):
         if c.separator == "galr":
             return GALRBlock(c.hidden, c.num_heads, c.low_dim, c.attention_dropout,
                              c.attention_residual, c.norm_eps, c.lstm_unroll, dtype,
-                             recompute_attention=c.recompute_attention and not c.remat, name=f"blocks_{index}")
+                             recompute_attention=c.recompute_attention and not c.remat,
+                             name=f"blocks_{index}")
         return DPRNNBlock(c.hidden, c.norm_eps, c.lstm_unroll, dtype, name=f"blocks_{index}")
 
     @nn.compact
