@@ -1,7 +1,8 @@
 """Rematerialisation that happens in the backward pass, not beside the forward.
 
-Of a whole block (:func:`apply_rematerialised`, ``model.remat``), or of a few cheap layers
-whose kept intermediates cost more memory than recomputing them costs time
+One rule (:func:`recompute_in_backward`) serves a whole block (:func:`apply_rematerialised`:
+``model.remat``, and GALR's attention under ``model.recompute_attention``) and a few cheap
+layers whose kept intermediates cost more memory than recomputing them costs time
 (:func:`apply_recomputed`).
 
 ``nn.remat`` (``jax.checkpoint``) only marks the block's forward for recomputation;
@@ -22,7 +23,6 @@ from typing import Any, Callable, Optional, Union
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from galr_jax.models.dropout import DROPOUT
 from galr_jax.models.scheduling import tied_to
@@ -40,7 +40,7 @@ def apply_rematerialised(block: nn.Module, x: jnp.ndarray, train: bool,
       train: static training flag, passed to the block.
       dropout_key: the block's ``dropout`` rng when it draws one (training with
         dropout), else None. The caller draws it: the same key then serves the
-        forward pass and its recomputation. (Drawn inside the custom VJP, Flax's rng
+        forward pass and its recomputation. (Drawn inside a custom VJP, Flax's rng
         counters gave the forward rule other masks than the primal function when the
         two were traced separately, as under ``jax.grad(jax.jit(f))``.)
       first_row: global index of the batch's first example, for the dropout masks.
@@ -48,35 +48,16 @@ def apply_rematerialised(block: nn.Module, x: jnp.ndarray, train: bool,
     Returns:
       The block's output, same shape as ``x``.
     """
+    if block.is_initializing():
+        return block(x, train, first_row)
     template = block.clone(parent=None)  # applied functionally: the backward has no scope
 
-    def pure(variables, key, first_row, x):
+    def pure(x, variables, key, first_row):
         rngs = {DROPOUT: key} if key is not None else {}
-        return template.apply(variables, x, train, first_row, rngs=rngs)
+        return template.apply({"params": variables}, x, train, first_row, rngs=rngs)
 
-    def call(module, x, key, first_row):
-        if module.is_initializing():
-            return module(x, train, first_row)
-        return pure({"params": module.variables["params"]}, key, first_row, x)
-
-    def forward(module, x, key, first_row):
-        variables = {"params": module.variables["params"]}
-        return pure(variables, key, first_row, x), (variables, key, first_row, x)
-
-    def backward(residuals, d_out):
-        variables, key, first_row, x = residuals
-        # A data dependency, not an optimization barrier: XLA on CPU removes barriers
-        # before it schedules. The recomputation waits for d_out at the cost of one pass
-        # over x.
-        x = tied_to(x, d_out)
-        _, vjp = jax.vjp(lambda v, x: pure(v, key, first_row, x), variables, x)
-        d_variables, d_x = vjp(d_out)
-        d_key = None if key is None else np.zeros(key.shape, jax.dtypes.float0)
-        d_first_row = np.zeros(np.shape(first_row), jax.dtypes.float0)
-        return d_variables, d_x, d_key, d_first_row
-
-    return nn.custom_vjp(call, forward, backward)(block, x, dropout_key,
-                                                  jnp.asarray(first_row, jnp.int32))
+    return recompute_in_backward(pure, x, block.variables["params"], dropout_key,
+                                 jnp.asarray(first_row, jnp.int32))
 
 
 def recompute_in_backward(fn: Callable[..., jnp.ndarray], x: jnp.ndarray, *params: Any
@@ -90,7 +71,8 @@ def recompute_in_backward(fn: Callable[..., jnp.ndarray], x: jnp.ndarray, *param
     Args:
       fn: a pure function of arrays (and pytrees of arrays).
       x: its first argument, the one its intermediates are recomputed from.
-      params: its other arguments (weights).
+      params: its other arguments (weights; integer arrays such as random keys get
+        zero cotangents).
 
     Returns:
       ``fn(x, *params)``.
