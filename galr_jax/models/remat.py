@@ -87,6 +87,8 @@ def recompute_in_backward(fn: Callable[..., jnp.ndarray], x: jnp.ndarray, *param
 
     def backward(residuals, d_out):
         x, params = residuals
+        # A data dependency, not an optimization barrier: XLA on CPU removes barriers
+        # before it schedules. The tie costs one pass over x.
         _, vjp = jax.vjp(lambda x, params: fn(x, *params), tied_to(x, d_out), params)
         return vjp(d_out)
 
