@@ -4,6 +4,7 @@ Each case runs in a fresh process, because the settings are process-wide and mus
 in place before XLA starts its threads.
 """
 
+import ctypes
 import os
 import platform
 import subprocess
@@ -45,11 +46,10 @@ for _ in range({CALLS} - 1):
 print(applied, (libc.mallinfo2().arena - heap_before) // {PAGE_BYTES}, *faults)
 """
 
-# mallinfo2 came with glibc 2.33.
+# The probe reads the heap's size with mallinfo2, which glibc has had since 2.33.
 needs_glibc = pytest.mark.skipif(
-    platform.libc_ver()[0] != "glibc"
-    or tuple(int(n) for n in platform.libc_ver()[1].split(".")[:2]) < (2, 33),
-    reason="mallopt's settings exist only in glibc (mallinfo2 from 2.33)")
+    platform.libc_ver()[0] != "glibc" or not hasattr(ctypes.CDLL(None), "mallinfo2"),
+    reason="mallopt's settings exist only in glibc (and mallinfo2 from glibc 2.33)")
 
 
 def _probe(**env):
@@ -64,9 +64,9 @@ def _probe(**env):
 def test_every_page_faulted_in_is_heap_the_process_keeps():
     applied, heap_growth, faults = _probe()
     assert applied
-    # A call faults pages in only where the heap grows: when an earlier output is
-    # freed late (XLA frees on another thread, later on a busy machine) or the free
-    # space is too fragmented for the next buffer. Those pages then stay, so the
+    # A call faults pages in only where the heap grows: when an earlier output's
+    # memory comes back only after the next call has allocated (on a busy machine), or
+    # the free space is too fragmented for the next buffer. Those pages then stay, so the
     # faults cannot come back call after call as they do with glibc's defaults.
     slack = PAGES_PER_BUFFER // 4
     assert sum(faults) <= heap_growth + slack, (heap_growth, faults)
