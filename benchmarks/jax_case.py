@@ -127,6 +127,12 @@ class JaxCase:
             "step_peak_bytes": _peak_bytes(self._step),
         }
 
+    def device_stats(self) -> dict:
+        """Nothing beyond ``static_stats``: XLA's memory analysis is the compiled calls'
+        peak on every backend, and JAX cannot reset a device's recorded peak between
+        cases."""
+        return {}
+
     def rss_stats(self) -> dict:
         """Peak resident memory of one call, measured like PyTorch's (see ``measure``)."""
         state = _nbytes((self.params, self.mixture))

@@ -138,9 +138,11 @@ def benchmark_one(name, seconds, args, classes, matmul, matmul_times):
         case.run_step()  # allocates optimizer state before memory is measured
         record = {"model": name, "seconds": seconds, "batch": args.batch,
                   "framework": case.framework, **case.static_stats(), **case.rss_stats(),
+                  **case.device_stats(),
                   "compile_s": case.compile_s, "fwd_compile_s": case.fwd_compile_s}
         for key in ("fwd", "step"):  # eager PyTorch has no compiled executable to analyse
-            record.setdefault(f"{key}_peak_bytes", record[f"{key}_rss_peak_bytes"])
+            measured = record.get(f"{key}_device_peak_bytes", record[f"{key}_rss_peak_bytes"])
+            record.setdefault(f"{key}_peak_bytes", measured)
         records.append(record)
     runs = {"matmul": matmul}
     for case in cases:
@@ -245,7 +247,7 @@ def long_audio(seconds: float) -> dict:
 def machine_info(threads: int) -> dict:
     info = {"cpu": measure.cpu_name(), "threads": threads, "platform": platform.platform(),
             "python": platform.python_version(), "jax": jax.__version__,
-            "jax_backend": jax.default_backend(),
+            "jax_backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "host_allocator": HOST_ALLOCATOR,

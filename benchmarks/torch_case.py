@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 
+import jax
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -60,13 +62,30 @@ def _nbytes(tensors) -> int:
     return int(sum(t.numel() * t.element_size() for t in tensors))
 
 
+def torch_device() -> torch.device:
+    """The device that matches JAX's default backend: CUDA when JAX runs on a GPU.
+
+    Comparing JAX on a GPU with PyTorch on the host would be meaningless, so a GPU
+    backend without a CUDA build of PyTorch is an error rather than a fallback.
+    """
+    backend = jax.default_backend()
+    if backend == "cpu":
+        return torch.device("cpu")
+    if backend == "gpu" and torch.cuda.is_available():
+        return torch.device("cuda")
+    raise SystemExit(f"JAX runs on {backend} ({jax.devices()[0].device_kind}) but PyTorch "
+                     f"{torch.__version__} has no such device: install a CUDA build of "
+                     "PyTorch there, or run with JAX_PLATFORMS=cpu")
+
+
 class TorchCase:
     """The PyTorch reference model: eager forward (inference mode) and train step.
 
     Same train step as :class:`jax_case.JaxCase`: forward with dropout, PIT negative
     SI-SNR, backward, gradient clipping, Adam. With ``compute_dtype: bfloat16`` the
-    model runs under CPU autocast to bfloat16 (float32 parameters and loss), the
-    counterpart of the JAX model's bfloat16 compute.
+    model runs under autocast to bfloat16 (float32 parameters and loss), the
+    counterpart of the JAX model's bfloat16 compute. It runs on :func:`torch_device`;
+    on CUDA every call waits for the device, so its wall time is the work's.
     """
 
     framework = "torch"
@@ -76,15 +95,16 @@ class TorchCase:
     def __init__(self, config: ModelConfig, mixture: np.ndarray, sources: np.ndarray,
                  learning_rate: float, clip_norm: float):
         torch.manual_seed(0)
-        self.model = build_torch_model(config)
-        self.mixture = torch.from_numpy(mixture)
-        self.sources = torch.from_numpy(sources)
+        self.device = torch_device()
+        self.model = build_torch_model(config).to(self.device)
+        self.mixture = torch.from_numpy(mixture).to(self.device)
+        self.sources = torch.from_numpy(sources).to(self.device)
         self.clip_norm = clip_norm
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=learning_rate)
         self.autocast = config.compute_dtype == "bfloat16"
 
     def _model(self, mixture: torch.Tensor, autocast: bool) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
             return self.model(mixture).float()
 
     def _forward(self, autocast: bool) -> torch.Tensor:
@@ -97,13 +117,19 @@ class TorchCase:
         self.optimizer.zero_grad(set_to_none=True)
         pit_neg_si_snr(self._model(self.mixture, autocast), self.sources).backward()
 
+    def _wait(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def run_forward(self) -> None:
         self._forward(self.autocast)
+        self._wait()
 
     def run_step(self) -> None:
         self._loss_and_backward(self.autocast)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
         self.optimizer.step()
+        self._wait()
 
     def _state_bytes(self, with_optimizer: bool) -> int:
         tensors = [*self.model.parameters(), self.mixture]
@@ -117,8 +143,16 @@ class TorchCase:
 
         The optimizer update is elementwise and not counted. Counted in float32: the
         counts do not depend on the dtype, and oneDNN's bf16 LSTM kernel fails under the
-        counter's dispatch mode.
+        counter's dispatch mode. Counted on the host, on a copy when the model runs on
+        CUDA: the counts do not depend on the device, and the formulas above are for the
+        oneDNN kernel (cuDNN's has none in ``FlopCounterMode``).
         """
+        if self.device.type != "cpu":
+            host = copy.copy(self)
+            host.model = copy.deepcopy(self.model).cpu()
+            host.mixture, host.sources = self.mixture.cpu(), self.sources.cpu()
+            host.device = torch.device("cpu")
+            return host.static_stats()
         counter = FlopCounterMode(display=False, custom_mapping=_LSTM_FLOP_FORMULAS)
         # The fused inference kernel of nn.MultiheadAttention has no FLOP formula.
         fastpath = torch.backends.mha.get_fastpath_enabled()
@@ -139,6 +173,19 @@ class TorchCase:
             "fwd_matmul_flops": fwd_flops,
             "step_matmul_flops": counter.get_total_flops(),
         }
+
+    def _cuda_peak_bytes(self, fn) -> int:
+        """Peak of CUDA memory allocated while ``fn`` runs (the resident state included)."""
+        torch.cuda.reset_peak_memory_stats(self.device)
+        fn()
+        return torch.cuda.max_memory_allocated(self.device)
+
+    def device_stats(self) -> dict:
+        """Peak device memory of one call, from the CUDA caching allocator; {} on the host."""
+        if self.device.type != "cuda":
+            return {}
+        return {"fwd_device_peak_bytes": self._cuda_peak_bytes(self.run_forward),
+                "step_device_peak_bytes": self._cuda_peak_bytes(self.run_step)}
 
     def rss_stats(self) -> dict:
         """Peak resident memory of one call: growth of the peak RSS + resident state read."""
