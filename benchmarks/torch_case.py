@@ -150,6 +150,7 @@ class TorchCase:
         if self.device.type != "cpu":
             host = copy.copy(self)
             host.model = copy.deepcopy(self.model).cpu()
+            host.optimizer = torch.optim.Adam(host.model.parameters())  # zeroes the copy's grads
             host.mixture, host.sources = self.mixture.cpu(), self.sources.cpu()
             host.device = torch.device("cpu")
             return host.static_stats()
