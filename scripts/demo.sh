@@ -16,6 +16,9 @@ WORKDIR=${WORKDIR:-runs/demo}
 $PY -m galr_jax.demo_data --out "$DATA"
 $PY train.py --config configs/demo.yaml --workdir "$WORKDIR" --set data.root="$DATA" "$@"
 $PY eval.py --workdir "$WORKDIR" --data "$DATA" --split tt
-example=$(ls "$DATA"/tt/mix/*.wav | head -n 1)
+# A glob, not `ls | head`: head exits after one line, ls then dies of SIGPIPE, and pipefail
+# ended the script here, before the separation, in most runs.
+mixtures=("$DATA"/tt/mix/*.wav)
+example=${mixtures[0]}
 $PY -m galr_jax.separate --workdir "$WORKDIR" "$example" --out "$WORKDIR/separated" --force
 echo "Separated $example into $WORKDIR/separated/; scores in $WORKDIR/eval/tt/summary.json"
