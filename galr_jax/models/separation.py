@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Union
+import dataclasses
+from typing import Optional, Union
 
 import flax.linen as nn
 import jax
@@ -17,7 +18,7 @@ from galr_jax.models.galr import GALRBlock
 from galr_jax.models.mask_head import MaskHead
 from galr_jax.models.norms import GlobalLayerNorm
 from galr_jax.models.remat import apply_rematerialised
-from galr_jax.models.segmentation import segment
+from galr_jax.models.segmentation import num_frames, segment
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -30,6 +31,9 @@ class SeparationModel(nn.Module):
 
     Shape:
       ``[batch, time]`` float32 -> ``[batch, C, time]`` float32, for any ``time >= 1``.
+      ``lengths`` (optional): int ``[batch]``, each row's valid samples in a padded batch.
+      Every output sample of a row then equals what the model computes on that row alone
+      at its own length, and samples past it are zero (spec, "Batches with padding").
 
     Example:
       >>> model = build_model(load_config("configs/galr_1.5m.yaml"))
@@ -37,6 +41,7 @@ class SeparationModel(nn.Module):
       >>> estimates = model.apply(variables, mixture)             # inference
       >>> estimates = model.apply(variables, mixture, train=True,
       ...                         rngs={"dropout": key})           # training (dropout on)
+      >>> estimates = model.apply(variables, padded, lengths=lengths)  # a padded batch
 
     ``first_row`` is the global index of the batch's first example. Dropout masks are
     drawn per (key, global example), so a global batch split over devices, each device
@@ -62,31 +67,74 @@ class SeparationModel(nn.Module):
 
     @nn.compact
     def __call__(self, mixture: jnp.ndarray, train: bool = False,
-                 first_row: Union[int, jax.Array] = 0) -> jnp.ndarray:
+                 first_row: Union[int, jax.Array] = 0, *,
+                 lengths: Optional[jnp.ndarray] = None) -> jnp.ndarray:
         if mixture.ndim != 2:
             raise ValueError(f"mixture must be [batch, time], got shape {mixture.shape}")
         if mixture.shape[1] < 1:
             raise ValueError("mixture has no samples")
+        if lengths is not None and jnp.shape(lengths) != mixture.shape[:1]:
+            raise ValueError(f"lengths must be [batch] = [{mixture.shape[0]}], got shape "
+                             f"{jnp.shape(lengths)}")
         c = self.config
         dtype = COMPUTE_DTYPES[c.compute_dtype]
         length = mixture.shape[1]
+        valid = None if lengths is None else PaddingMasks.of(
+            jnp.asarray(lengths, jnp.int32), length, c.window, c.segment_length)
+        if valid is not None:
+            mixture = jnp.where(valid.samples, mixture, 0.0)
         encoded = Encoder(c.num_filters, c.window, dtype, name="encoder")(mixture)  # [B, F, N]
         x = encoded
         if c.separator == "dprnn":
-            x = GlobalLayerNorm(c.norm_eps, name="input_norm")(x)
+            x = GlobalLayerNorm(c.norm_eps, name="input_norm")(
+                x, None if valid is None else valid.frames)
         x = Dense(c.features, use_bias=c.separator == "dprnn", dtype=dtype, name="bottleneck")(x)
+        if valid is not None and c.separator == "dprnn":
+            # The bottleneck's bias would make the frames past the length differ from the
+            # segmentation's zero padding of the exact-length run.
+            x = jnp.where(valid.frames[..., None], x, jnp.zeros((), x.dtype))
         x = segment(x, c.segment_length)  # [B, S, K, D]
+        segment_valid = None if valid is None else valid.segments
         for index in range(c.num_blocks):
             block = self._block(index)
             if c.remat:
                 key = self.make_rng(DROPOUT) if train and self.uses_dropout else None
-                x = apply_rematerialised(block, x, train, key, first_row)
+                x = apply_rematerialised(block, x, train, key, first_row, segment_valid)
             else:
-                x = block(x, train, first_row)
+                x = block(x, train, first_row, segment_valid)
         masks = MaskHead(c.num_sources, c.num_filters, c.mask_nonlinearity, dtype,
                          name="mask_head")(x, encoded.shape[1])  # [B, C, F, N]
         separated = Decoder(c.window, dtype, name="decoder")(encoded[:, None] * masks, length)
-        return separated.astype(jnp.float32)
+        separated = separated.astype(jnp.float32)
+        if valid is not None:
+            separated = jnp.where(valid.samples[:, None], separated, 0.0)
+        return separated
+
+
+@dataclasses.dataclass(frozen=True)
+class PaddingMasks:
+    """Which samples, encoder frames and segments of a padded batch each row has at its
+    own length (bool ``[B, T]``, ``[B, F]``, ``[B, S]``).
+
+    The encoder (no bias) maps padding to zero frames, and the segmentation pads with
+    zeros, so the first F_b frames and S_b segments of a row equal those of its
+    exact-length run; everything past them exists only because of the batch's padding.
+    """
+
+    samples: jnp.ndarray
+    frames: jnp.ndarray
+    segments: jnp.ndarray
+
+    @classmethod
+    def of(cls, lengths: jnp.ndarray, time: int, window: int, segment_length: int
+           ) -> "PaddingMasks":
+        frames = num_frames(lengths, window)  # the same arithmetic as the padding itself
+        segments = num_frames(frames, segment_length)
+        total_frames = num_frames(time, window)
+        return cls(samples=jnp.arange(time) < lengths[:, None],
+                   frames=jnp.arange(total_frames) < frames[:, None],
+                   segments=jnp.arange(num_frames(total_frames, segment_length))
+                   < segments[:, None])
 
 
 def build_model(config: Config | ModelConfig) -> SeparationModel:
