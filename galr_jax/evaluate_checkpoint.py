@@ -6,7 +6,11 @@ training, with the same buckets and batch size from the config; the SI-SNRi that
 the same split. SI-SNR(i) is computed in JAX; SDR(i) with BSS-eval's 512-tap
 projection in :mod:`galr_jax.metrics` (numpy/scipy, checked against mir_eval there);
 PESQ and STOI are added when the ``pesq`` / ``pystoi`` packages are installed. The
-model runs on every local device (the batch is split over them).
+model runs on every local device (the batch is split over them) and is given each
+row's valid length, so the scores do not depend on ``eval.bucket_seconds``. Its calls
+are computations of this process alone, as in validation
+(:mod:`galr_jax.training.validation` explains the multi-host design), so ``eval.py``
+cannot hang waiting for another process, whatever else runs beside it.
 
 Outputs in ``OUT`` (default ``WORKDIR/eval/SPLIT``):
 
@@ -131,9 +135,13 @@ def save_examples(apply: BatchedApply, examples: list, records: dict, config: Co
     rows = evaluation.padded_batch_size(config.eval.batch_size, apply.num_devices)
     for utterance in examples:
         length = utterance.mixture.shape[0]
-        batch = np.zeros((rows, evaluation.bucket_length(length, buckets)), np.float32)
+        padded_length = evaluation.bucket_length(length, buckets)
+        batch = np.zeros((rows, padded_length), np.float32)
         batch[0, :length] = utterance.mixture
-        estimates = apply(batch)[0, :, :length][records[utterance.id]["permutation"]]
+        lengths = np.zeros((rows,), np.int32)
+        lengths[0] = length
+        estimates = apply(batch, evaluation.model_lengths(lengths, padded_length))
+        estimates = estimates[0, :, :length][records[utterance.id]["permutation"]]
         write_audio(os.path.join(folder, f"{utterance.id}_mix.wav"), utterance.mixture, rate,
                     overwrite=True)
         for c, (reference, estimate) in enumerate(zip(utterance.sources, estimates)):
