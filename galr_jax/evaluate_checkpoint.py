@@ -54,9 +54,6 @@ CSV_NAME = "per_utterance.csv"
 SUMMARY_NAME = "summary.json"
 AUDIO_SUBDIR = "audio"
 METRIC_COLUMNS = ("si_snr", "si_snri", "sdr", "sdri", "pesq", "stoi")
-# Model fields that change how the network runs but not its weights; the rest must
-# match the checkpoint.
-RUNTIME_MODEL_FIELDS = ("compute_dtype", "lstm_unroll", "remat", "recompute_attention")
 SDR_METHOD = "BSS-eval SDR, 512-tap distortion filter (galr_jax.metrics; agrees with mir_eval)"
 
 
@@ -94,10 +91,9 @@ def _with_overrides(saved: Config, overrides: Sequence[str]) -> Config:
     """The checkpoint's config with ``--set`` overrides; weight-shaping fields stay fixed."""
     config = config_from_dict(config_to_dict(saved), overrides)
     for key, value in config_to_dict(config)["model"].items():
-        if key not in RUNTIME_MODEL_FIELDS and value != getattr(saved.model, key):
+        if value != getattr(saved.model, key):
             raise ConfigError(f"model.{key}: cannot be changed for evaluation (the checkpoint has "
-                              f"{getattr(saved.model, key)!r}); only "
-                              f"{', '.join(RUNTIME_MODEL_FIELDS)} can")
+                              f"{getattr(saved.model, key)!r}); the runtime section can")
     return config
 
 

@@ -15,8 +15,8 @@ Flax, so keep them stable:
     decoder.conv                     ConvTranspose1d(N, 1, L, stride L/2), no bias
 
 Inside the separator tensors are channels-last, ``[batch, segments, segment_length,
-features]`` (``[B, S, K, D]``), as in the spec. ``model.compute_dtype``, ``lstm_unroll``,
-``remat`` and ``recompute_attention`` are JAX-only settings and are ignored here.
+features]`` (``[B, S, K, D]``), as in the spec. The ``runtime`` section (``compute_dtype``,
+``lstm_unroll``, ``remat``, ``recompute_attention``) holds JAX-only settings, ignored here.
 """
 
 from __future__ import annotations

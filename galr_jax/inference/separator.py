@@ -52,7 +52,7 @@ class Separator:
       batch_size: chunks per call (rounded up to a multiple of the devices);
         overrides ``config.eval.chunk_batch_size``.
       devices: devices to run on; default all local devices.
-      compute_dtype: overrides ``config.model.compute_dtype``: ``'bfloat16'`` runs the
+      compute_dtype: overrides ``config.runtime.compute_dtype``: ``'bfloat16'`` runs the
         products in bfloat16 (weights, LSTM cell state, norms and softmax stay float32).
 
     Attributes:
@@ -67,7 +67,7 @@ class Separator:
                  devices: Optional[Sequence[Any]] = None, compute_dtype: Optional[str] = None):
         if compute_dtype is not None:  # validated by the config system
             config = config_from_dict(config_to_dict(config),
-                                      [f"model.compute_dtype={compute_dtype}"])
+                                      [f"runtime.compute_dtype={compute_dtype}"])
         self.config = config
         self.sample_rate = config.model.sample_rate
         self.num_sources = config.model.num_sources

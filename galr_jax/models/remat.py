@@ -1,7 +1,7 @@
 """Rematerialisation that happens in the backward pass, not beside the forward.
 
 One rule (:func:`recompute_in_backward`) serves a whole block (:func:`apply_rematerialised`:
-``model.remat``, and GALR's attention under ``model.recompute_attention``) and a few cheap
+``runtime.remat``, and GALR's attention under ``runtime.recompute_attention``) and a few cheap
 layers whose kept intermediates cost more memory than recomputing them costs time
 (:func:`apply_recomputed`).
 

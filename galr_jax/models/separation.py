@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from galr_jax.config import Config, ModelConfig
+from galr_jax.config import Config, ModelConfig, RuntimeConfig
 from galr_jax.models.dense import Dense
 from galr_jax.models.dprnn import DPRNNBlock
 from galr_jax.models.dropout import DROPOUT
@@ -27,7 +27,8 @@ class SeparationModel(nn.Module):
     """GALR (or the DPRNN baseline) for time-domain separation of C sources.
 
     Attributes:
-      config: the model section of the run config.
+      config: the model section of the run config (the architecture).
+      runtime: how it is computed (dtype, recomputation, unrolling).
 
     Shape:
       ``[batch, time]`` float32 -> ``[batch, C, time]`` float32, for any ``time >= 1``.
@@ -49,6 +50,7 @@ class SeparationModel(nn.Module):
     """
 
     config: ModelConfig
+    runtime: RuntimeConfig = RuntimeConfig()
 
     @property
     def uses_dropout(self) -> bool:
@@ -56,14 +58,14 @@ class SeparationModel(nn.Module):
         return self.config.separator == "galr" and self.config.attention_dropout > 0
 
     def _block(self, index: int) -> nn.Module:
-        c = self.config
-        dtype = COMPUTE_DTYPES[c.compute_dtype]
+        c, r = self.config, self.runtime
+        dtype = COMPUTE_DTYPES[r.compute_dtype]
         if c.separator == "galr":
             return GALRBlock(c.hidden, c.num_heads, c.low_dim, c.attention_dropout,
-                             c.attention_residual, c.norm_eps, c.lstm_unroll, dtype,
-                             recompute_attention=c.recompute_attention and not c.remat,
+                             c.attention_residual, c.norm_eps, r.lstm_unroll, dtype,
+                             recompute_attention=r.recompute_attention and not r.remat,
                              name=f"blocks_{index}")
-        return DPRNNBlock(c.hidden, c.norm_eps, c.lstm_unroll, dtype, name=f"blocks_{index}")
+        return DPRNNBlock(c.hidden, c.norm_eps, r.lstm_unroll, dtype, name=f"blocks_{index}")
 
     @nn.compact
     def __call__(self, mixture: jnp.ndarray, train: bool = False,
@@ -77,7 +79,7 @@ class SeparationModel(nn.Module):
             raise ValueError(f"lengths must be [batch] = [{mixture.shape[0]}], got shape "
                              f"{jnp.shape(lengths)}")
         c = self.config
-        dtype = COMPUTE_DTYPES[c.compute_dtype]
+        dtype = COMPUTE_DTYPES[self.runtime.compute_dtype]
         length = mixture.shape[1]
         valid = None if lengths is None else PaddingMasks.of(
             jnp.asarray(lengths, jnp.int32), length, c.window, c.segment_length)
@@ -97,7 +99,7 @@ class SeparationModel(nn.Module):
         segment_valid = None if valid is None else valid.segments
         for index in range(c.num_blocks):
             block = self._block(index)
-            if c.remat:
+            if self.runtime.remat:
                 key = self.make_rng(DROPOUT) if train and self.uses_dropout else None
                 x = apply_rematerialised(block, x, train, key, first_row, segment_valid)
             else:
@@ -137,6 +139,13 @@ class PaddingMasks:
                    < segments[:, None])
 
 
-def build_model(config: Config | ModelConfig) -> SeparationModel:
-    """The Flax module for ``config`` (a full :class:`Config` or its ``model`` section)."""
-    return SeparationModel(config.model if isinstance(config, Config) else config)
+def build_model(config: Config | ModelConfig,
+                runtime: RuntimeConfig | None = None) -> SeparationModel:
+    """The Flax module for ``config`` (a full :class:`Config` or its ``model`` section).
+
+    ``runtime`` defaults to a full config's own section, else to :class:`RuntimeConfig`'s
+    defaults.
+    """
+    if isinstance(config, Config):
+        return SeparationModel(config.model, runtime or config.runtime)
+    return SeparationModel(config, runtime or RuntimeConfig())
