@@ -34,7 +34,7 @@ RELATIVE_TOLERANCE = 1e-5  # float32 rounding of sums taken in another order
 
 
 def _config(name, **runtime):
-    return config_from_dict({"model": {**MODELS[name], **runtime}})
+    return config_from_dict({"model": MODELS[name], "runtime": runtime})
 
 
 def _variables(model, seed=0):
