@@ -102,7 +102,7 @@ def test_self_attention_has_flax_parameters_initialisation_and_output():
                                rtol=1e-5, atol=1e-6)
 
 
-def test_self_attention_dropout_draws_per_example_masks():
+def test_self_attention_dropout_draws_from_the_key():
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 3, 9, 16)), jnp.float32)
     module = MultiHeadSelfAttention(num_heads=4, dropout=0.5)
     variables = module.init(jax.random.PRNGKey(0), x)
@@ -112,9 +112,9 @@ def test_self_attention_dropout_draws_per_example_masks():
     rngs = {"dropout": jax.random.PRNGKey(1)}
     trained = module.apply(variables, x, train=True, rngs=rngs)
     assert float(jnp.max(jnp.abs(trained - evaluated))) > 1e-2
-    # Example 1 of the batch is drawn as the example of global index 1 alone.
-    alone = module.apply(variables, x[1:], train=True, rngs=rngs, first_row=1)
-    np.testing.assert_allclose(alone, trained[1:], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(module.apply(variables, x, train=True, rngs=rngs), trained)
+    other = module.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
+    assert float(jnp.max(jnp.abs(other - trained))) > 1e-2
 
 
 def test_attention_weights_dropout_scales_the_kept_weights():
@@ -130,26 +130,34 @@ def test_attention_weights_dropout_scales_the_kept_weights():
                                rtol=1e-5)
 
 
-def _plain_attention(q, k, v, rng, rate, rows, first_row):
+def _plain_attention(q, k, v, rng, rate, key_valid=None):
     """Attention differentiated by JAX, for the hand-written backward to match."""
     logits = jnp.einsum("...qd,...kd->...qk", q / np.sqrt(q.shape[-1]), k)
+    if key_valid is not None:
+        logits = jnp.where(key_valid, logits, -1e30)
     weights = jax.nn.softmax(logits)
     if rate:
-        weights = dropout(weights, rng, rate, rows=rows, first_row=first_row)
+        weights = dropout(weights, rng, rate)
     return jnp.einsum("...qk,...kd->...qd", weights, v)
 
 
+@pytest.mark.parametrize("masked", [False, True], ids=["all_keys", "masked_keys"])
 @pytest.mark.parametrize("rate", [0.0, 0.3])
-def test_attention_backward_matches_automatic_differentiation(rate):
+def test_attention_backward_matches_automatic_differentiation(rate, masked):
     q, k, v, cotangent = (jnp.asarray(np.random.default_rng(i).standard_normal((4, 3, 2, 11, 8)),
                                       jnp.float32) for i in range(4))
     rng = jax.random.PRNGKey(9) if rate else None
+    # Keys past each example's valid count, as a padded batch masks them.
+    key_valid = (jnp.arange(11) < jnp.array([11, 7, 3, 1])[:, None])[:, None, None, None, :] \
+        if masked else None
 
     def loss(attention):
-        return lambda q, k, v: jnp.sum(attention(q, k, v, rng, rate, 4, 2) * cotangent)
+        return lambda q, k, v: jnp.sum(attention(q, k, v, rng, rate, key_valid=key_valid)
+                                       * cotangent)
 
-    np.testing.assert_allclose(dot_product_attention(q, k, v, rng, rate, 4, 2),
-                               _plain_attention(q, k, v, rng, rate, 4, 2), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dot_product_attention(q, k, v, rng, rate, key_valid=key_valid),
+                               _plain_attention(q, k, v, rng, rate, key_valid),
+                               rtol=1e-6, atol=1e-6)
     ours = jax.grad(loss(dot_product_attention), argnums=(0, 1, 2))(q, k, v)
     plain = jax.grad(loss(_plain_attention), argnums=(0, 1, 2))(q, k, v)
     for name, a, b in zip("qkv", ours, plain):

@@ -51,9 +51,12 @@ def test_four_devices_equal_one_device(steps, backend):
     # a factor of 4 on this change is far beyond the tolerance.
     moved = max(float(np.max(np.abs(one[k] - initial[k]))) for k in one)
     assert moved > 100 * TOLERANCE
-    for name in ("loss", "grad_norm"):
+    # The gradient norm sums the squares of every parameter's gradient in float32, each
+    # gradient summed over the examples in another order on 4 devices (measured: 2.2e-5
+    # relative); averaging twice would change it by a factor of 4.
+    for name, tolerance in (("loss", TOLERANCE), ("grad_norm", 10 * TOLERANCE)):
         a, b = (float(steps[n][f"{backend}/metrics/{name}"]) for n in (1, 4))
-        assert abs(a - b) <= TOLERANCE * max(1.0, abs(a)), (name, a, b)
+        assert abs(a - b) <= tolerance * max(1.0, abs(a)), (name, a, b)
 
 
 def test_backends_agree(steps):

@@ -69,7 +69,7 @@ def test_bfloat16_compute_keeps_float32_params_and_a_finite_loss(results):
 
 @pytest.mark.parametrize("dropout", [0.1, 0.0])
 def test_the_whole_batch_in_one_call_equals_its_rows_apart(dropout):
-    """One call on all rows gives the mean loss and gradient of the rows taken one at a
+    """The batch's loss gives the mean loss and gradient of the rows taken one at a
     time, each with its global row index: the property that makes an update independent
     of how the batch is split over devices, dropout masks included."""
     model = build_model(config_from_dict({"model": {**TINY_MODEL, "attention_dropout": dropout}}))

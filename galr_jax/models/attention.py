@@ -20,7 +20,7 @@ checkpoints and the PyTorch conversion (:mod:`galr_jax.convert`) are unchanged.
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -62,14 +62,11 @@ class _Projection(nn.Module):
 
 def dot_product_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray,
                           dropout_rng: Optional[jax.Array] = None, dropout_rate: float = 0.0,
-                          rows: int = 1, first_row: Union[int, jax.Array] = 0,
                           key_valid: Optional[jnp.ndarray] = None) -> jnp.ndarray:
     """Scaled dot-product attention, dropout on the weights (one draw per weight).
 
     Args:
-      query, key, value: ``[batch..., length, depth]``; the leading axis holds ``rows``
-        examples, the first of global index ``first_row`` (for the dropout masks, see
-        :func:`galr_jax.models.dropout.keep_mask`).
+      query, key, value: ``[batch..., length, depth]``.
       dropout_rng: key of the dropout on the attention weights; None: no dropout.
       dropout_rate: probability of dropping a weight.
       key_valid: bool, broadcastable to the weights ``[batch..., length, length]``: the
@@ -83,8 +80,7 @@ def dot_product_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarr
     keep = None
     if dropout_rng is not None and dropout_rate > 0.0:
         keep_prob = 1.0 - dropout_rate
-        keep = keep_mask(dropout_rng, query.shape[:-1] + key.shape[-2:-1], keep_prob, rows=rows,
-                         first_row=first_row)
+        keep = keep_mask(dropout_rng, query.shape[:-1] + key.shape[-2:-1], keep_prob)
     return _attention(query, key, value, keep, key_valid, keep_prob)
 
 
@@ -160,9 +156,7 @@ class MultiHeadSelfAttention(nn.Module):
       dtype: compute dtype; the softmax runs in float32.
 
     Shape:
-      ``[batch..., length, D]`` -> same. The leading axis is the example axis for the
-      dropout masks; ``first_row`` is the global index of its first example.
-      ``key_valid``: bool ``[batch..., length]`` (or broadcastable), the positions that
+      ``[batch..., length, D]`` -> same. ``key_valid``: bool ``[batch..., length]`` (or broadcastable), the positions that
       may be attended to; None: all.
     """
 
@@ -172,7 +166,6 @@ class MultiHeadSelfAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False,
-                 first_row: Union[int, jax.Array] = 0,
                  key_valid: Optional[jnp.ndarray] = None) -> jnp.ndarray:
         features = x.shape[-1]
         if features % self.num_heads:
@@ -192,7 +185,6 @@ class MultiHeadSelfAttention(nn.Module):
         qkv = add_bias(qkv, bias, (0, -3, -1))
         key = self.make_rng(DROPOUT) if train and self.dropout > 0.0 else None
         attended = dot_product_attention(*qkv, dropout_rng=key, dropout_rate=self.dropout,
-                                         rows=x.shape[0], first_row=first_row,
                                          key_valid=None if key_valid is None
                                          else key_valid[..., None, None, :])
         out = jnp.einsum("...hle,hed->...ld", attended, out_kernel.astype(self.dtype))

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from galr_jax.models.galr import LocallyRecurrent
@@ -28,9 +27,8 @@ class DPRNNBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False,
-                 first_row: Union[int, jax.Array] = 0,
                  segment_valid: Optional[jnp.ndarray] = None) -> jnp.ndarray:
-        del train, first_row  # DPRNN has no dropout
+        del train  # DPRNN has no dropout
         valid = None if segment_valid is None else segment_valid[:, :, None]
         x = LocallyRecurrent(self.hidden, self.norm_eps, False, self.unroll, self.dtype,
                              name="intra")(x, valid)

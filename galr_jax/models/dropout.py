@@ -9,18 +9,17 @@ its flat index through two rounds of an integer mixing function (the ``lowbias32
 finaliser: xor-shifts and odd multiplies, each a bijection on 32 bits) keyed by the
 seeds: a dozen vectorised integer operations per element, 1.7 ms for the same mask.
 
-The masks are deterministic functions of (key, shape, example index), so recomputing a
-forward pass with the same key (``galr_jax.models.remat``) reproduces them, and the
-training step draws one key for the whole global batch: each device passes the global
-index of its first example, and no per-example ``vmap`` is needed for the update to be
-the same on any number of devices (``galr_jax.training.step``). ``tests/test_dropout.py``
-checks the keep rate, independence between keys and between neighbouring elements,
-and the scaling.
+The masks are deterministic functions of (key, shape), so recomputing a forward pass
+with the same key (``galr_jax.models.remat``) reproduces them. The training step gives
+every example a key of its own, folded from the step's key and the example's global
+index (``galr_jax.training.step``), so the update is the same on any number of devices.
+``tests/test_dropout.py`` checks the keep rate, independence between keys and between
+neighbouring elements, and the scaling.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Optional
 
 import flax.linen as nn
 import jax
@@ -45,48 +44,34 @@ def _mix(x: jnp.ndarray) -> jnp.ndarray:
     return x ^ (x >> _MIX_SHIFTS[2])
 
 
-def keep_mask(key: jax.Array, shape: tuple[int, ...], keep_prob: float, *, rows: int = 1,
-              first_row: Union[int, jax.Array] = 0) -> jnp.ndarray:
+def keep_mask(key: jax.Array, shape: tuple[int, ...], keep_prob: float) -> jnp.ndarray:
     """Boolean mask of ``shape``, each element True with probability ``keep_prob``.
 
-    The leading axis holds ``rows`` examples, each a contiguous run of elements. An
-    element's bit depends on the key, its example's *global* index ``first_row + r``
-    and its index within the example, so a batch split over devices (each passing its
-    own ``first_row``) draws exactly the mask the whole batch draws on one device.
+    An element's bit depends on the key and its flat index.
 
     Args:
       key: a PRNG key (raw ``uint32[2]`` or typed); the same key and shape give the same mask.
-      shape: the mask's shape; ``shape[0]`` a multiple of ``rows``; at most 2**32
-        elements per example.
+      shape: the mask's shape, at most 2**32 elements.
       keep_prob: in (0, 1].
-      rows: examples along the leading axis.
-      first_row: global index of the first example (an int or a traced integer scalar).
 
     Returns:
       ``bool[shape]``.
     """
     size = int(np.prod(shape, dtype=np.int64))
-    if rows < 1 or not shape or shape[0] % rows:
-        raise ValueError(f"keep_mask: the leading axis of {shape} must hold rows={rows} examples")
-    per_row = size // rows
-    if per_row > _MAX_ELEMENTS:
-        raise ValueError(f"keep_mask: {per_row} elements per example in {shape}; the counter "
-                         f"holds at most 2**32 (split the examples into more rows)")
+    if size > _MAX_ELEMENTS:
+        raise ValueError(f"keep_mask: {size} elements in {shape}; the counter holds at most "
+                         f"2**32 (draw per example)")
     if not 0.0 < keep_prob <= 1.0:
         raise ValueError(f"keep_mask: keep_prob must be in (0, 1], got {keep_prob}")
     seeds = jax.random.bits(key, (2,), jnp.uint32)
-    row = lax.iota(jnp.uint32, rows)[:, None] + jnp.asarray(first_row).astype(jnp.uint32)
-    index = lax.iota(jnp.uint32, per_row)[None, :]
-    bits = _mix(_mix(index ^ _mix(row + seeds[0])) + seeds[1])
+    index = lax.iota(jnp.uint32, size)
+    bits = _mix(_mix(index ^ _mix(seeds[0])) + seeds[1])
     threshold = min(int(round(keep_prob * _MAX_ELEMENTS)), _MAX_ELEMENTS - 1)
     return (bits < jnp.uint32(threshold)).reshape(shape)
 
 
-def dropout(x: jnp.ndarray, key: jax.Array, rate: float, *, rows: int = 1,
-            first_row: Union[int, jax.Array] = 0) -> jnp.ndarray:
+def dropout(x: jnp.ndarray, key: jax.Array, rate: float) -> jnp.ndarray:
     """Inverted dropout: zero each element with probability ``rate``, scale the rest up.
-
-    ``rows`` and ``first_row`` place the examples along the leading axis (:func:`keep_mask`).
 
     Shape:
       any -> same (one independent draw per element).
@@ -94,8 +79,7 @@ def dropout(x: jnp.ndarray, key: jax.Array, rate: float, *, rows: int = 1,
     if rate == 0.0:
         return x
     keep_prob = 1.0 - rate
-    return apply_keep_mask(x, keep_mask(key, x.shape, keep_prob, rows=rows, first_row=first_row),
-                           keep_prob)
+    return apply_keep_mask(x, keep_mask(key, x.shape, keep_prob), keep_prob)
 
 
 def apply_keep_mask(x: jnp.ndarray, keep: jnp.ndarray, keep_prob: float) -> jnp.ndarray:
@@ -105,9 +89,6 @@ def apply_keep_mask(x: jnp.ndarray, keep: jnp.ndarray, keep_prob: float) -> jnp.
 
 class Dropout(nn.Module):
     """``flax.linen.Dropout`` on :func:`keep_mask`: one independent draw per element.
-
-    The leading axis of the input is the example axis; ``first_row`` (a call
-    argument) is the global index of its first example.
 
     Attributes:
       rate: probability of zeroing an element.
@@ -121,10 +102,8 @@ class Dropout(nn.Module):
     deterministic: Optional[bool] = None
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, deterministic: Optional[bool] = None,
-                 first_row: Union[int, jax.Array] = 0) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, deterministic: Optional[bool] = None) -> jnp.ndarray:
         deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
         if deterministic or self.rate == 0.0:
             return x
-        return dropout(x, self.make_rng(DROPOUT), self.rate, rows=x.shape[0],
-                       first_row=first_row)
+        return dropout(x, self.make_rng(DROPOUT), self.rate)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -108,8 +107,7 @@ class GloballyAttentive(nn.Module):
         than keep its intermediates (off where the whole block is recomputed anyway).
 
     Shape:
-      ``[batch, segments, K, D]`` -> same; ``first_row`` is the global index of the
-      batch's first example (dropout masks are drawn per example). ``segment_valid``:
+      ``[batch, segments, K, D]`` -> same. ``segment_valid``:
       bool ``[batch, segments]``, the segments an example has at its own length in a
       padded batch; the others are left out of the attention keys and the gLN
       statistics (None: all segments are real).
@@ -125,7 +123,6 @@ class GloballyAttentive(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False,
-                 first_row: Union[int, jax.Array] = 0,
                  segment_valid: Optional[jnp.ndarray] = None) -> jnp.ndarray:
         batch, segments, length, features = x.shape
         key_valid = norm_valid = None
@@ -146,11 +143,11 @@ class GloballyAttentive(nn.Module):
             # and output would be live for every block at the train step's peak (about
             # 41 MB a block for galr_1.5m at 4 s), for one more attention forward a block.
             key = self.make_rng(DROPOUT) if train and self.dropout > 0.0 else None
-            attended = apply_rematerialised(attention, tokens, train, key, first_row, key_valid)
+            attended = apply_rematerialised(attention, tokens, train, key, key_valid)
         else:
-            attended = attention(tokens, train, first_row, key_valid)
+            attended = attention(tokens, train, key_valid)
         residual = tokens if self.attention_residual else attended
-        dropped = Dropout(self.dropout, deterministic=not train)(attended, first_row=first_row)
+        dropped = Dropout(self.dropout, deterministic=not train)(attended)
         tokens = LayerNorm(self.norm_eps, self.dtype, name="norm_out")(residual + dropped)
         y = jnp.swapaxes(tokens, 1, 2)  # [batch, segments, Q, D]
         norm = GlobalLayerNorm(self.norm_eps, name="norm")
@@ -184,7 +181,6 @@ class GALRBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False,
-                 first_row: Union[int, jax.Array] = 0,
                  segment_valid: Optional[jnp.ndarray] = None) -> jnp.ndarray:
         valid = None if segment_valid is None else segment_valid[:, :, None]
         x = LocallyRecurrent(self.hidden, self.norm_eps, True, self.unroll, self.dtype,
@@ -192,4 +188,4 @@ class GALRBlock(nn.Module):
         return GloballyAttentive(self.num_heads, self.low_dim, self.dropout,
                                  self.attention_residual, self.norm_eps, self.dtype,
                                  self.recompute_attention,
-                                 name="globally_attentive")(x, train, first_row, segment_valid)
+                                 name="globally_attentive")(x, train, segment_valid)

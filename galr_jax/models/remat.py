@@ -18,7 +18,7 @@ figures).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -30,13 +30,12 @@ from galr_jax.models.scheduling import tied_to
 
 def apply_rematerialised(block: nn.Module, x: jnp.ndarray, train: bool,
                          dropout_key: Optional[jax.Array],
-                         first_row: Union[int, jax.Array] = 0,
                          mask: Optional[jnp.ndarray] = None) -> jnp.ndarray:
-    """``block(x, train, first_row, mask)`` whose backward pass recomputes the block's forward.
+    """``block(x, train, mask)`` whose backward pass recomputes the block's forward.
 
     Args:
       block: a child module of the caller (unbound, as created in ``nn.compact``);
-        called as ``block(x, train, first_row, mask)``.
+        called as ``block(x, train, mask)``.
       x: the block's input, e.g. ``[batch, segments, K, D]``.
       train: static training flag, passed to the block.
       dropout_key: the block's ``dropout`` rng when it draws one (training with
@@ -44,22 +43,20 @@ def apply_rematerialised(block: nn.Module, x: jnp.ndarray, train: bool,
         forward pass and its recomputation. (Drawn inside a custom VJP, Flax's rng
         counters gave the forward rule other masks than the primal function when the
         two were traced separately, as under ``jax.grad(jax.jit(f))``.)
-      first_row: global index of the batch's first example, for the dropout masks.
       mask: the block's validity mask of a padded batch (bool), or None.
 
     Returns:
       The block's output, same shape as ``x``.
     """
     if block.is_initializing():
-        return block(x, train, first_row, mask)
+        return block(x, train, mask)
     template = block.clone(parent=None)  # applied functionally: the backward has no scope
 
-    def pure(x, variables, key, first_row, mask):
+    def pure(x, variables, key, mask):
         rngs = {DROPOUT: key} if key is not None else {}
-        return template.apply({"params": variables}, x, train, first_row, mask, rngs=rngs)
+        return template.apply({"params": variables}, x, train, mask, rngs=rngs)
 
-    return recompute_in_backward(pure, x, block.variables["params"], dropout_key,
-                                 jnp.asarray(first_row, jnp.int32), mask)
+    return recompute_in_backward(pure, x, block.variables["params"], dropout_key, mask)
 
 
 def recompute_in_backward(fn: Callable[..., jnp.ndarray], x: jnp.ndarray, *params: Any

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Union
+from typing import Optional
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from galr_jax.config import Config, ModelConfig, RuntimeConfig
@@ -44,9 +43,9 @@ class SeparationModel(nn.Module):
       ...                         rngs={"dropout": key})           # training (dropout on)
       >>> estimates = model.apply(variables, padded, lengths=lengths)  # a padded batch
 
-    ``first_row`` is the global index of the batch's first example. Dropout masks are
-    drawn per (key, global example), so a global batch split over devices, each device
-    passing its own ``first_row`` and the same key, draws what it draws on one device.
+    Dropout masks are drawn from the ``dropout`` key for the whole call; the training
+    step calls the model once per example with a key of that example's own
+    (:func:`galr_jax.training.step.batch_loss`).
     """
 
     config: ModelConfig
@@ -69,8 +68,7 @@ class SeparationModel(nn.Module):
 
     @nn.compact
     def __call__(self, mixture: jnp.ndarray, train: bool = False,
-                 first_row: Union[int, jax.Array] = 0, *,
-                 lengths: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+                 *, lengths: Optional[jnp.ndarray] = None) -> jnp.ndarray:
         if mixture.ndim != 2:
             raise ValueError(f"mixture must be [batch, time], got shape {mixture.shape}")
         if mixture.shape[1] < 1:
@@ -101,9 +99,9 @@ class SeparationModel(nn.Module):
             block = self._block(index)
             if self.runtime.remat:
                 key = self.make_rng(DROPOUT) if train and self.uses_dropout else None
-                x = apply_rematerialised(block, x, train, key, first_row, segment_valid)
+                x = apply_rematerialised(block, x, train, key, segment_valid)
             else:
-                x = block(x, train, first_row, segment_valid)
+                x = block(x, train, segment_valid)
         masks = MaskHead(c.num_sources, c.num_filters, c.mask_nonlinearity, dtype,
                          name="mask_head")(x, encoded.shape[1])  # [B, C, F, N]
         separated = Decoder(c.window, dtype, name="decoder")(encoded[:, None] * masks, length)

@@ -14,10 +14,11 @@ the device count. The step therefore marks the parameters as device-varying with
 gradient under either backend, and exactly one ``pmean`` averages them.
 ``tests/test_train_parallel.py`` checks the result against a single device.
 
-Dropout: every device draws with the same step key and passes the global index of
-its first row, and the masks are functions of (key, global row)
-(:func:`galr_jax.models.dropout.keep_mask`), so one global batch gives the same update
-on any number of devices or hosts, with every row in one call of the model.
+Dropout: every example gets its own key, the step's key folded with the example's
+global index, and the model runs once per example (a ``vmap``) with it, so one global
+batch gives the same update on any number of devices or hosts while the model itself
+knows nothing of devices (modules stay at ``(x, train)``). A model without dropout
+runs all rows in one call.
 """
 
 from __future__ import annotations
@@ -52,20 +53,32 @@ def batch_loss(model: SeparationModel, params: Any, batch: Batch, key: Optional[
         (valid samples of rows padded to T: the model and the loss ignore the padding).
       key: the step's dropout key, the same on every device; unused (may be None)
         when the model has no dropout.
-      first_row: global index of this device's first row.
+      first_row: global index of this device's first row: row r draws its dropout masks
+        from ``fold_in(key, first_row + r)``.
 
     Returns:
       Scalar float32 loss in dB (lower is better).
     """
-    # One call on all rows, never a per-example vmap: vmap would put its batch axis in
-    # front of every scan's stacked outputs, which XLA then transposes (demo config on
-    # two CPU devices: 2.8 steps/s under vmap, 3.2 without).
-    rngs = {DROPOUT: key} if model.uses_dropout else {}
     lengths = batch.get("lengths")
-    estimates = model.apply({"params": params}, batch["mixture"], train=True,
-                            first_row=first_row, lengths=lengths, rngs=rngs)
-    loss, _ = losses.pit_neg_si_snr(estimates, batch["sources"], lengths)
-    return jnp.mean(loss)
+    if not model.uses_dropout:
+        # One call on all rows: a per-example vmap puts its batch axis in front of every
+        # scan's stacked outputs, which XLA then transposes (demo config on two CPU
+        # devices: 2.8 steps/s under vmap, 3.2 without).
+        estimates = model.apply({"params": params}, batch["mixture"], train=True,
+                                lengths=lengths)
+        return jnp.mean(losses.pit_neg_si_snr(estimates, batch["sources"], lengths)[0])
+
+    rows = batch["mixture"].shape[0]
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(key, first_row + jnp.arange(rows))
+
+    def example_loss(mixture, sources, length, example_key):
+        estimates = model.apply({"params": params}, mixture[None], train=True,
+                                lengths=None if length is None else length[None],
+                                rngs={DROPOUT: example_key})
+        return losses.pit_neg_si_snr(estimates, sources[None],
+                                     None if length is None else length[None])[0][0]
+
+    return jnp.mean(jax.vmap(example_loss)(batch["mixture"], batch["sources"], lengths, keys))
 
 
 def train_step(state: TrainState, batch: Batch, lr_scale: jax.Array, *,
