@@ -19,7 +19,6 @@ fixed cost of the program (inputs, the loss) cancels out.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import pathlib
 import sys
@@ -34,7 +33,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from galr_jax import build_model  # noqa: E402
-from galr_jax.config import config_from_dict  # noqa: E402
+from galr_jax.config import RuntimeConfig, config_from_dict  # noqa: E402
 from galr_jax.models import BiLSTM, GloballyAttentive, LocallyRecurrent  # noqa: E402
 
 FLOAT_BYTES = 4
@@ -114,7 +113,7 @@ def model_rows() -> list[dict]:
     dropout = {"rngs": {"dropout": jax.random.PRNGKey(1)}}
     for name, fields in SMALL.items():
         config = config_from_dict({"model": fields}).model
-        plain, remat = (gradient_temporaries(build_model(dataclasses.replace(config, remat=r)),
+        plain, remat = (gradient_temporaries(build_model(config, RuntimeConfig(remat=r)),
                                              mixture, train=True, **dropout)
                         for r in (False, True))
         rows.append({"figure": f"{name}: remat / plain temporaries", "ratio": remat / plain,
@@ -122,7 +121,7 @@ def model_rows() -> list[dict]:
     config = config_from_dict({"model": {**SMALL["galr"], "features": 16, "hidden": 8,
                                          "num_blocks": 2, "attention_dropout": 0.0}}).model
     recomputed, kept = (gradient_temporaries(
-        build_model(dataclasses.replace(config, recompute_attention=flag)), mixture[:, :4000],
+        build_model(config, RuntimeConfig(recompute_attention=flag)), mixture[:, :4000],
         train=True) for flag in (True, False))
     rows.append({"figure": "galr: recompute_attention / kept temporaries",
                  "ratio": recomputed / kept, "target": "< 1", "measured_bytes": [recomputed, kept]})

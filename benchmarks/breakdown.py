@@ -2,7 +2,7 @@
 
 Usage:
   python benchmarks/breakdown.py [--config configs/galr_1.5m.yaml] [--seconds 4] [--batch 4]
-                                 [--set model.lstm_unroll=2 ...] [--repeats 5] [--torch]
+                                 [--set runtime.lstm_unroll=2 ...] [--repeats 5] [--torch]
 
 Each part (encoder + bottleneck + segmentation, one locally recurrent layer, its
 BiLSTM alone, one globally attentive layer, mask head + decoder) is jitted on its own,
@@ -97,8 +97,9 @@ def main(argv=None) -> None:
                         help="also time the PyTorch reference's parts in the same rounds")
     add_override_argument(parser, dest="set")
     args = parser.parse_args(argv)
-    c = load_config(args.config, args.set).model
-    dtype = COMPUTE_DTYPES[c.compute_dtype]
+    config = load_config(args.config, args.set)
+    c, r = config.model, config.runtime
+    dtype = COMPUTE_DTYPES[r.compute_dtype]
     samples = int(args.seconds * SAMPLE_RATE)
     rng = np.random.default_rng(0)
     mixture = jnp.asarray(rng.standard_normal((args.batch, samples)), jnp.float32)
@@ -108,17 +109,17 @@ def main(argv=None) -> None:
     sequences = blocks_input.reshape(-1, c.segment_length, c.features)
 
     # (name, count per model, JAX module, its input and call arguments, torch module or None)
-    parts = [("whole model", 1, build_model(c), mixture, {}, "model"),
+    parts = [("whole model", 1, build_model(config), mixture, {}, "model"),
              ("locally recurrent", c.num_blocks,
-              LocallyRecurrent(c.hidden, c.norm_eps, True, c.lstm_unroll, dtype), blocks_input, {},
+              LocallyRecurrent(c.hidden, c.norm_eps, True, r.lstm_unroll, dtype), blocks_input, {},
               "locally_recurrent"),
-             ("  its BiLSTM", c.num_blocks, BiLSTM(c.hidden, True, c.lstm_unroll, dtype),
+             ("  its BiLSTM", c.num_blocks, BiLSTM(c.hidden, True, r.lstm_unroll, dtype),
               sequences, {}, "lstm")]
     if c.separator == "galr":
         parts.append(("globally attentive", c.num_blocks,
                       GloballyAttentive(c.num_heads, c.low_dim, c.attention_dropout,
                                         c.attention_residual, c.norm_eps, dtype,
-                                        c.recompute_attention),
+                                        r.recompute_attention),
                       blocks_input, {}, "globally_attentive"))
     runs = {}
     for name, _, module, x, kwargs, torch_name in parts:

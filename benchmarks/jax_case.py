@@ -12,7 +12,7 @@ import numpy as np
 import optax
 
 from galr_jax import build_model, losses
-from galr_jax.config import ModelConfig
+from galr_jax.config import Config
 from galr_jax.models.segmentation import num_frames
 
 import measure
@@ -36,10 +36,12 @@ def _nbytes(tree: Any) -> int:
     return int(sum(np.asarray(leaf).nbytes for leaf in jax.tree_util.tree_leaves(tree)))
 
 
-def _loop_unrolled(config: ModelConfig, num_samples: int) -> ModelConfig:
+def _loop_unrolled(config: Config, num_samples: int) -> Config:
     """``config`` with every LSTM loop (K steps, or S steps in DPRNN) fully unrolled."""
-    segments = num_frames(num_frames(num_samples, config.window), config.segment_length)
-    return dataclasses.replace(config, lstm_unroll=max(config.segment_length, segments))
+    m = config.model
+    segments = num_frames(num_frames(num_samples, m.window), m.segment_length)
+    return dataclasses.replace(config, runtime=dataclasses.replace(
+        config.runtime, lstm_unroll=max(m.segment_length, segments)))
 
 
 class JaxCase:
@@ -49,7 +51,7 @@ class JaxCase:
     global-norm clipping + Adam, as in the published recipes.
 
     Args:
-      config: the model section.
+      config: the run config (its model and runtime sections are used).
       mixture: ``[B, T]`` float32.
       sources: ``[B, C, T]`` float32.
       learning_rate, clip_norm: Adam step size and clipping norm.
@@ -57,7 +59,7 @@ class JaxCase:
 
     framework = "jax"
 
-    def __init__(self, config: ModelConfig, mixture: np.ndarray, sources: np.ndarray,
+    def __init__(self, config: Config, mixture: np.ndarray, sources: np.ndarray,
                  learning_rate: float, clip_norm: float):
         self.config = config
         self.mixture = jnp.asarray(mixture)

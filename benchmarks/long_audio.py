@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--overlap-seconds", type=float, default=None)
     parser.add_argument("--batch-size", type=int, default=None, help="chunks per forward pass")
     parser.add_argument("--compute-dtype", choices=COMPUTE_DTYPE_NAMES, default=None,
-                        help="model.compute_dtype for the separation (default: the config's)")
+                        help="runtime.compute_dtype for the separation (default: the config's)")
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args()
     options = dict(chunk_seconds=args.chunk_seconds, overlap_seconds=args.overlap_seconds,
@@ -99,7 +99,7 @@ def main() -> None:
         "chunk_seconds": separator.chunk_samples / rate,
         "overlap_seconds": separator.overlap_samples / rate,
         "batch_size": separator.batch_size,
-        "compute_dtype": separator.config.model.compute_dtype,
+        "compute_dtype": separator.config.runtime.compute_dtype,
         "devices": [str(d) for d in jax.local_devices()], "cpu_count": os.cpu_count(),
         "python": platform.python_version(), "jax": jax.__version__,
     }

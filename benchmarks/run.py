@@ -2,7 +2,7 @@
 
 Usage:
   python benchmarks/run.py [--quick] [--out FILE] [--configs NAME ...] [--seconds S ...]
-                           [--set model.compute_dtype=bfloat16] [--long-audio SECONDS]
+                           [--set runtime.compute_dtype=bfloat16] [--long-audio SECONDS]
 
 For every model config and input length it builds the JAX model and the PyTorch
 reference, measures parameters, operations, peak memory and compile time, then times
@@ -128,9 +128,10 @@ def case_classes(frameworks):
 
 def benchmark_one(name, seconds, args, classes, matmul, matmul_times):
     """All figures of one config at one input length, every framework in the same rounds."""
-    config = load_config(config_path(name), args.set).model
-    num_samples = int(round(seconds * config.sample_rate))
-    mixture, sources = make_batch(args.batch, num_samples, config.num_sources, config.sample_rate)
+    config = load_config(config_path(name), args.set)
+    model = config.model
+    num_samples = int(round(seconds * model.sample_rate))
+    mixture, sources = make_batch(args.batch, num_samples, model.num_sources, model.sample_rate)
     cases = [cls(config, mixture, sources, LEARNING_RATE, CLIP_NORM) for cls in classes]
     records = []
     for case in cases:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from galr_jax.config import ModelConfig
+from galr_jax.config import Config
 from galr_jax.losses import SI_SNR_EPS
 from galr_jax.torch_reference import build_torch_model, count_parameters
 
@@ -92,16 +92,16 @@ class TorchCase:
     compile_s = None  # eager: nothing is compiled
     fwd_compile_s = None
 
-    def __init__(self, config: ModelConfig, mixture: np.ndarray, sources: np.ndarray,
+    def __init__(self, config: Config, mixture: np.ndarray, sources: np.ndarray,
                  learning_rate: float, clip_norm: float):
         torch.manual_seed(0)
         self.device = torch_device()
-        self.model = build_torch_model(config).to(self.device)
+        self.model = build_torch_model(config.model).to(self.device)
         self.mixture = torch.from_numpy(mixture).to(self.device)
         self.sources = torch.from_numpy(sources).to(self.device)
         self.clip_norm = clip_norm
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=learning_rate)
-        self.autocast = config.compute_dtype == "bfloat16"
+        self.autocast = config.runtime.compute_dtype == "bfloat16"
 
     def _model(self, mixture: torch.Tensor, autocast: bool) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):

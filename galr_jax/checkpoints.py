@@ -8,43 +8,65 @@ A run's checkpoints live in ``WORKDIR/checkpoints/<step>/`` with three items:
                      schedule and data position); absent in exported weights;
 * ``meta``        -- JSON: the full config, the step and the metrics at that step.
 
-Orbax writes each step into a temporary directory and renames it when complete, so
-a crash mid-save leaves the previous steps intact. :func:`restore_variables` falls back
-to the previous complete step (with a warning) if the newest one cannot be read.
+Orbax writes each step into a temporary directory and renames it when complete (on
+object stores such as ``gs://``, where nothing is renamed, it writes
+``commit_success.txt`` last), so a crash mid-save leaves an unfinalized step that
+Orbax does not list and the previous steps intact. Only such unfinalized steps are
+passed over. A finalized step that cannot be read (an I/O error, out of memory,
+damaged files) is an error naming the step folder: falling back to an older step
+would silently lose training, and the fault may be transient.
+
+Paths are :mod:`etils.epath` paths, as in Orbax, so a ``gs://`` workdir works wherever
+the installed file-system support does (``gcsfs`` or TensorFlow for ``gs://``).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any, Mapping, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from etils import epath
 
-from galr_jax.config import Config, config_from_dict, config_to_dict
+from galr_jax.config import Config, config_from_saved, config_to_dict, saved_config_dict
 from galr_jax.models import build_model
 
 PARAMS, TRAIN_STATE, META = "params", "train_state", "meta"
 CHECKPOINT_SUBDIR = "checkpoints"
 BEST_METRIC = "val_si_snri"
 
-log = logging.getLogger(__name__)
+PathLike = Union[str, os.PathLike]
 
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint at a path; the message names the path and the reason."""
 
 
-def checkpoint_directory(path: Union[str, os.PathLike]) -> str:
+def as_path(path: PathLike) -> epath.Path:
+    """An :class:`epath.Path`; local paths made absolute, URLs (``gs://...``) kept as given."""
+    text = os.fspath(path)
+    return epath.Path(text if "://" in text else os.path.abspath(text))
+
+
+def checkpoint_directory(path: PathLike) -> epath.Path:
     """The directory holding step folders: ``path/checkpoints`` for a workdir, else ``path``."""
-    path = os.path.abspath(os.fspath(path))
-    candidate = os.path.join(path, CHECKPOINT_SUBDIR)
-    return candidate if os.path.isdir(candidate) else path
+    path = as_path(path)
+    candidate = path / CHECKPOINT_SUBDIR
+    return candidate if candidate.is_dir() else path
 
 
-def make_manager(directory: Union[str, os.PathLike], keep_last: int = 3, keep_best: int = 1,
+def unreadable_step_error(directory: PathLike, step: int, error: BaseException) -> CheckpointError:
+    """The error for a finalized step that failed to restore; every file stays in place."""
+    return CheckpointError(
+        f"{epath.Path(directory) / str(step)}: reading this checkpoint failed "
+        f"({type(error).__name__}: {error}). Nothing was moved or deleted. If the cause was "
+        "transient (an I/O or network error, out of memory), run again; if the step's files "
+        "are damaged, move that step folder out of the directory to resume from the one before")
+
+
+def make_manager(directory: PathLike, keep_last: int = 3, keep_best: int = 1,
                  async_save: bool = True, read_only: bool = False) -> ocp.CheckpointManager:
     """A CheckpointManager that keeps the newest ``keep_last`` steps and the ``keep_best`` best.
 
@@ -58,7 +80,7 @@ def make_manager(directory: Union[str, os.PathLike], keep_last: int = 3, keep_be
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy, enable_async_checkpointing=async_save, read_only=read_only,
         create=not read_only, best_fn=lambda m: m[BEST_METRIC], best_mode="max")
-    return ocp.CheckpointManager(os.path.abspath(os.fspath(directory)), options=options,
+    return ocp.CheckpointManager(as_path(directory), options=options,
                                  item_names=(PARAMS, TRAIN_STATE, META))
 
 
@@ -69,7 +91,7 @@ def abstract_variables(config: Config) -> Any:
     return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), sample))
 
 
-def save_variables(directory: Union[str, os.PathLike], variables: Any, config: Config,
+def save_variables(directory: PathLike, variables: Any, config: Config,
                    step: int = 0, metrics: Optional[Mapping[str, float]] = None) -> str:
     """Writes model weights alone (no optimizer state) as a checkpoint that eval/separate read.
 
@@ -79,7 +101,7 @@ def save_variables(directory: Union[str, os.PathLike], variables: Any, config: C
     try:
         if step in manager.all_steps():
             raise CheckpointError(f"{manager.directory}: step {step} exists; not overwriting it")
-        meta = {"step": int(step), "config": config_to_dict(config),
+        meta = {"step": int(step), "config": saved_config_dict(config),
                 "metrics": dict(metrics or {})}
         manager.save(step, args=ocp.args.Composite(**{
             PARAMS: ocp.args.StandardSave(variables),
@@ -88,10 +110,10 @@ def save_variables(directory: Union[str, os.PathLike], variables: Any, config: C
         manager.wait_until_finished()
     finally:
         manager.close()
-    return os.path.join(os.fspath(manager.directory), str(step))
+    return os.fspath(epath.Path(manager.directory) / str(step))
 
 
-def read_meta(path: Union[str, os.PathLike], step: int) -> dict:
+def read_meta(path: PathLike, step: int) -> dict:
     """The JSON ``meta`` item of one step."""
     manager = make_manager(checkpoint_directory(path), read_only=True)
     try:
@@ -100,22 +122,22 @@ def read_meta(path: Union[str, os.PathLike], step: int) -> dict:
         manager.close()
 
 
-def _candidate_steps(manager: ocp.CheckpointManager, which: Union[str, int]) -> list[int]:
-    steps = sorted(manager.all_steps(), reverse=True)
+def _chosen_step(manager: ocp.CheckpointManager, which: Union[str, int]) -> int:
+    steps = manager.all_steps()
     if isinstance(which, int):
         if which not in steps:
             raise CheckpointError(
                 f"{manager.directory}: no checkpoint at step {which} (have {sorted(steps)})")
-        return [which]
-    if which == "latest":
-        return steps
-    if which == "best":
-        best = manager.best_step()
-        return ([best] if best is not None else []) + [s for s in steps if s != best]
-    raise CheckpointError(f"which={which!r}: expected 'best', 'latest' or a step number")
+        return which
+    if which not in ("best", "latest"):
+        raise CheckpointError(f"which={which!r}: expected 'best', 'latest' or a step number")
+    if not steps:
+        raise CheckpointError(f"{manager.directory}: contains no complete checkpoint")
+    best = manager.best_step() if which == "best" else None
+    return best if best is not None else max(steps)
 
 
-def restore_variables(path: Union[str, os.PathLike], config: Optional[Config] = None,
+def restore_variables(path: PathLike, config: Optional[Config] = None,
                       which: Union[str, int] = "best") -> tuple[Any, dict]:
     """Restores model variables from a workdir or a checkpoint directory.
 
@@ -123,45 +145,40 @@ def restore_variables(path: Union[str, os.PathLike], config: Optional[Config] = 
       path: a training workdir (``path/checkpoints`` is used) or a checkpoint directory.
       config: the config the weights must fit; by default the one saved with them.
       which: ``"best"`` (highest validation SI-SNRi, else the newest), ``"latest"``,
-        or a step number. For best/latest an unreadable newest step falls back to the
-        previous one with a warning.
+        or a step number. Only finalized steps count (see the module docstring).
 
     Returns:
       ``(variables, meta)``; meta has ``step``, ``config`` (a :class:`Config`) and ``metrics``.
+
+    Raises:
+      CheckpointError: no finalized step, or the chosen one cannot be read (the message
+        names the step folder and the underlying error; no file is moved or deleted).
+      ConfigError: the saved config has an unknown architecture key, or differs from
+        ``config`` in the architecture.
     """
     directory = checkpoint_directory(path)
-    if not os.path.isdir(directory):
+    if not directory.is_dir():
         raise CheckpointError(f"{directory}: no such checkpoint directory")
     manager = make_manager(directory, read_only=True)
     try:
-        steps = _candidate_steps(manager, which)
-        if not steps:
-            raise CheckpointError(f"{directory}: contains no complete checkpoint")
-        errors = []
-        for step in steps:
-            try:
-                meta = manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
-                saved_config = config_from_dict(meta["config"])
-                target_config = config or saved_config
-                if config is not None and config.model != saved_config.model:
-                    raise CheckpointError(
-                        f"{directory}/{step}: saved model config differs from the given one: "
-                        + _first_difference(config_to_dict(saved_config)["model"],
-                                            config_to_dict(config)["model"]))
-                target = abstract_variables(target_config)
-                restored = manager.restore(step, args=ocp.args.Composite(**{
-                    PARAMS: ocp.args.StandardRestore(target)}))[PARAMS]
-                if errors:
-                    log.warning("restored step %d after failing on newer steps: %s", step, errors)
-                meta = dict(meta, config=saved_config)
-                return restored, meta
-            except CheckpointError:
-                raise
-            except Exception as e:  # a truncated or half-deleted step: try the previous one
-                errors.append(f"step {step}: {type(e).__name__}: {e}")
-                if isinstance(which, int):
-                    break
-        raise CheckpointError(f"{directory}: no readable checkpoint ({'; '.join(errors)})")
+        step = _chosen_step(manager, which)
+        try:
+            meta = manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
+        except Exception as e:
+            raise unreadable_step_error(directory, step, e) from e
+        saved_config = config_from_saved(meta["config"], f"{directory / str(step)} (meta)")
+        if config is not None and config.model != saved_config.model:
+            raise CheckpointError(
+                f"{directory / str(step)}: saved model config differs from the given one: "
+                + _first_difference(config_to_dict(saved_config)["model"],
+                                    config_to_dict(config)["model"]))
+        target = abstract_variables(config or saved_config)
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(**{
+                PARAMS: ocp.args.StandardRestore(target)}))[PARAMS]
+        except Exception as e:
+            raise unreadable_step_error(directory, step, e) from e
+        return restored, dict(meta, config=saved_config)
     finally:
         manager.close()
 

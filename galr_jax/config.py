@@ -1,10 +1,19 @@
 """Typed configuration: dataclasses loaded from YAML with ``key=value`` overrides.
 
 One config object (:class:`Config`) carries every hyperparameter of a run, split
-into ``model``, ``data``, ``train`` and ``eval`` sections. Files in ``configs/``
-set a subset of fields; everything else keeps the defaults below. Overrides use
-dotted paths (``model.features=128``, ``train.learning_rate=5e-4``) and are parsed
-as YAML scalars, then checked against the field's type.
+into ``model``, ``runtime``, ``data``, ``train`` and ``eval`` sections. ``model`` is
+the architecture (what the parameters mean; a resumed run or a restored checkpoint
+must match it); ``runtime`` is how the same network is computed (dtype,
+recomputation, unrolling) and may change between runs of one workdir. Files in
+``configs/`` set a subset of fields; everything else keeps the defaults below.
+Overrides use dotted paths (``model.features=128``, ``train.learning_rate=5e-4``) and
+are parsed as YAML scalars, then checked against the field's type.
+
+Two parsers: user-written files and ``--set`` overrides are strict (an unknown key is
+an error, so a typo fails); configs saved by an earlier version of this code
+(:func:`config_from_saved`) are lenient outside the architecture, so adding, renaming
+or removing a runtime or training field never makes old checkpoints unreadable.
+Fields that moved are mapped through :data:`RENAMED_FIELDS` by both, with a warning.
 
 Letters of the paper, for reference: L = ``model.window``, N = ``model.num_filters``,
 D = ``model.features``, H = ``model.hidden``, K = ``model.segment_length``,
@@ -16,16 +25,39 @@ from __future__ import annotations
 import argparse
 import collections.abc
 import dataclasses
+import logging
 import os
 import types
 import typing
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import yaml
+from etils import epath
 
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key."""
+
+
+log = logging.getLogger(__name__)
+
+# Version of the layout of saved configs (WORKDIR/config.yaml and each checkpoint's
+# meta). 1: no version key, compute_dtype/lstm_unroll/remat/recompute_attention in
+# ``model``. 2: those four in ``runtime``.
+SCHEMA_VERSION = 2
+SCHEMA_VERSION_KEY = "schema_version"
+
+# Fields that moved or were renamed: old dotted path -> new dotted path. Both parsers
+# accept the old spelling with a warning; append an entry whenever a field moves.
+RENAMED_FIELDS = {
+    "model.compute_dtype": "runtime.compute_dtype",
+    "model.lstm_unroll": "runtime.lstm_unroll",
+    "model.remat": "runtime.remat",
+    "model.recompute_attention": "runtime.recompute_attention",
+}
+
+# The section whose fields define what the parameters mean; never parsed leniently.
+ARCHITECTURE_SECTION = "model"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +79,12 @@ class ModelConfig:
     attention_residual: bool = True  # False reproduces the author's code (residual = y)
     mask_nonlinearity: str = "relu"  # relu | sigmoid
     norm_eps: float = 1e-5  # GALR's norms use 1e-5; asteroid's DPRNN gLN uses 1e-8
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+    """How the network is computed; the parameters mean the same under any of these."""
+
     compute_dtype: str = "float32"  # float32 | bfloat16 (params stay float32)
     lstm_unroll: int = 1  # scan unroll factor of the BiLSTM time loop
     remat: bool = False  # recompute each block's forward in its backward pass (models/remat.py)
@@ -127,17 +165,18 @@ class EvalConfig:
 @dataclasses.dataclass(frozen=True)
 class Config:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
 
-COMPUTE_DTYPE_NAMES = ("float32", "bfloat16")  # model.compute_dtype
+COMPUTE_DTYPE_NAMES = ("float32", "bfloat16")  # runtime.compute_dtype
 
 _CHOICES = {
     "model.separator": ("galr", "dprnn"),
     "model.mask_nonlinearity": ("relu", "sigmoid"),
-    "model.compute_dtype": COMPUTE_DTYPE_NAMES,
+    "runtime.compute_dtype": COMPUTE_DTYPE_NAMES,
     "data.layout": ("wsj0-mix", "librimix"),
     "data.short_utterances": ("pad", "drop"),
     "data.bad_files": ("skip", "error"),
@@ -219,6 +258,35 @@ def config_to_dict(config: Config) -> dict:
     return _as_dict(config)
 
 
+def _renamed(path: str, where: str) -> str:
+    """The current dotted path of a field; warns when ``path`` is an old spelling."""
+    new = RENAMED_FIELDS.get(path)
+    if new is None:
+        return path
+    log.warning("%s%s is deprecated; it is read as %s (write it there from now on)",
+                f"{where}: " if where else "", path, new)
+    return new
+
+
+def _migrate(tree: dict, where: str = "") -> dict:
+    """Moves fields of :data:`RENAMED_FIELDS` to their current place, with a warning each."""
+    for old, new in RENAMED_FIELDS.items():
+        old_section, old_key = old.split(".")
+        section = tree.get(old_section)
+        if not isinstance(section, dict) or old_key not in section:
+            continue
+        value = section.pop(old_key)
+        new_section, new_key = _renamed(old, where).split(".")
+        target = tree.setdefault(new_section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"{new_section}: expected a mapping, got {target!r}")
+        if new_key in target and target[new_key] != value:
+            raise ConfigError(f"{old}={value!r} and {new}={target[new_key]!r} are both given; "
+                              f"keep only {new}")
+        target.setdefault(new_key, value)
+    return tree
+
+
 def _apply_override(tree: dict, override: str) -> None:
     if "=" not in override:
         raise ConfigError(f"override {override!r}: expected key=value")
@@ -227,10 +295,20 @@ def _apply_override(tree: dict, override: str) -> None:
     parts = key.split(".")
     if len(parts) != 2:
         raise ConfigError(f"{key}: overrides name a section and a field, e.g. model.features=128")
+    parts = _renamed(key, "--set").split(".")
     section = tree.setdefault(parts[0], {})
     if not isinstance(section, dict):
         raise ConfigError(f"{parts[0]}: expected a mapping")
     section[parts[1]] = yaml.safe_load(raw) if raw.strip() else ""
+
+
+def _sections(tree: Mapping[str, Any]) -> dict:
+    """A copy two levels deep without the schema version, which is no config field."""
+    tree = dict(tree or {})
+    version = tree.pop(SCHEMA_VERSION_KEY, None)
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+        raise ConfigError(f"{SCHEMA_VERSION_KEY}: expected an integer, got {version!r}")
+    return {k: dict(v) if isinstance(v, Mapping) else v for k, v in tree.items()}
 
 
 def validate(config: Config) -> Config:
@@ -241,10 +319,12 @@ def validate(config: Config) -> Config:
             raise ConfigError(f"{key}: {flat[key]!r} is not one of {', '.join(choices)}")
     m = config.model
     positive = ("sample_rate", "num_sources", "window", "num_filters", "features", "hidden",
-                "segment_length", "num_blocks", "num_heads", "lstm_unroll")
+                "segment_length", "num_blocks", "num_heads")
     for name in positive:
         if getattr(m, name) <= 0:
             raise ConfigError(f"model.{name}: must be positive, got {getattr(m, name)}")
+    if config.runtime.lstm_unroll <= 0:
+        raise ConfigError(f"runtime.lstm_unroll: must be positive, got {config.runtime.lstm_unroll}")
     if m.window % 2:
         raise ConfigError(f"model.window: must be even (stride is window/2), got {m.window}")
     if m.segment_length % 2:
@@ -309,12 +389,72 @@ def validate(config: Config) -> Config:
     return config
 
 
-def config_from_dict(tree: Mapping[str, Any], overrides: Iterable[str] = ()) -> Config:
-    """Builds and validates a Config from a nested mapping plus ``key=value`` overrides."""
-    tree = {k: dict(v) if isinstance(v, Mapping) else v for k, v in (tree or {}).items()}
+def config_from_dict(tree: Mapping[str, Any], overrides: Iterable[str] = (),
+                     where: str = "") -> Config:
+    """Builds and validates a Config from a nested mapping plus ``key=value`` overrides.
+
+    Strict: an unknown section or key is a :class:`ConfigError`. Old spellings of
+    moved fields (:data:`RENAMED_FIELDS`) are accepted with a warning naming ``where``
+    (the file the mapping came from, if any).
+    """
+    tree = _migrate(_sections(tree), where)
     for override in overrides:
         _apply_override(tree, override)
     return validate(_build(Config, tree, ""))
+
+
+def config_from_saved(tree: Mapping[str, Any], where: str) -> Config:
+    """Builds a Config from one saved by this or another version of the code.
+
+    Lenient where the parameters do not depend on it: renamed fields are mapped
+    (:data:`RENAMED_FIELDS`), unknown keys and sections other than ``model`` are
+    dropped with a warning naming each, missing fields take their defaults. An
+    unknown ``model`` key is an error, because the parameters' meaning would be unknown.
+
+    Args:
+      tree: the saved mapping (``WORKDIR/config.yaml`` or a checkpoint's meta).
+      where: the file or checkpoint it came from, for the messages.
+
+    Raises:
+      ConfigError: an unknown architecture key or an invalid value; names ``where``.
+    """
+    if not isinstance(tree, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of config sections, got {tree!r}")
+    version = tree.get(SCHEMA_VERSION_KEY, 1)
+    try:
+        tree = _migrate(_sections(tree), where)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        log.warning("%s: saved with config schema %d, newer than this code's %d; reading what "
+                    "this code knows", where, version, SCHEMA_VERSION)
+    fields = {f.name: f.type for f in dataclasses.fields(Config)}
+    hints = typing.get_type_hints(Config)
+    for section in list(tree):
+        if section not in fields:
+            log.warning("%s: dropped unknown section %r of a saved config", where, section)
+            del tree[section]
+            continue
+        values = tree[section]
+        known = {f.name for f in dataclasses.fields(hints[section])}
+        unknown = sorted(set(values) - known) if isinstance(values, dict) else []
+        if unknown and section == ARCHITECTURE_SECTION:
+            raise ConfigError(
+                f"{where}: unknown architecture key {ARCHITECTURE_SECTION}.{unknown[0]} (known: "
+                f"{', '.join(sorted(known))}); the checkpoint was written by a version of "
+                "galr-jax with another model and cannot be read by this one")
+        for key in unknown:
+            log.warning("%s: dropped unknown key %s.%s of a saved config", where, section, key)
+            del values[key]
+    try:
+        return validate(_build(Config, tree, ""))
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def saved_config_dict(config: Config) -> dict:
+    """The mapping a config is saved as: every field plus :data:`SCHEMA_VERSION`."""
+    return {SCHEMA_VERSION_KEY: SCHEMA_VERSION, **config_to_dict(config)}
 
 
 def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Config:
@@ -325,16 +465,17 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Confi
       ConfigError: unknown key, wrong type or an impossible combination; the message
         names the key.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
+    path = epath.Path(path)
+    if not path.is_file():
         raise FileNotFoundError(f"{path}: config file not found")
-    with open(path) as f:
-        try:
-            tree = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from e
     try:
-        return config_from_dict(tree, overrides)
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+    try:
+        if not isinstance(tree, Mapping):
+            raise ConfigError(f"expected a mapping of config sections, got {tree!r}")
+        return config_from_dict(tree, overrides, where=str(path))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
 
@@ -348,12 +489,14 @@ def add_override_argument(parser: argparse.ArgumentParser, dest: str = "override
 
 
 def save_config(config: Config, path: str | os.PathLike) -> None:
-    """Writes the full config (defaults included) as YAML, atomically."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        yaml.safe_dump(config_to_dict(config), f, sort_keys=False)
-    os.replace(tmp, path)
+    """Writes the full config (defaults included, with its schema version) as YAML.
+
+    Atomic on local disks; ``path`` may be any :mod:`etils.epath` location (``gs://``).
+    """
+    path = epath.Path(path)
+    tmp = path.with_name(f"{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(saved_config_dict(config), sort_keys=False))
+    tmp.replace(path)
 
 
 def replace(config: Config, **sections: Mapping[str, Any]) -> Config:

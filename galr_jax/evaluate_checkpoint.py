@@ -6,7 +6,11 @@ training, with the same buckets and batch size from the config; the SI-SNRi that
 the same split. SI-SNR(i) is computed in JAX; SDR(i) with BSS-eval's 512-tap
 projection in :mod:`galr_jax.metrics` (numpy/scipy, checked against mir_eval there);
 PESQ and STOI are added when the ``pesq`` / ``pystoi`` packages are installed. The
-model runs on every local device (the batch is split over them).
+model runs on every local device (the batch is split over them) and is given each
+row's valid length, so the scores do not depend on ``eval.bucket_seconds``. Its calls
+are computations of this process alone, as in validation
+(:mod:`galr_jax.training.validation` explains the multi-host design), so ``eval.py``
+cannot hang waiting for another process, whatever else runs beside it.
 
 Outputs in ``OUT`` (default ``WORKDIR/eval/SPLIT``):
 
@@ -50,9 +54,6 @@ CSV_NAME = "per_utterance.csv"
 SUMMARY_NAME = "summary.json"
 AUDIO_SUBDIR = "audio"
 METRIC_COLUMNS = ("si_snr", "si_snri", "sdr", "sdri", "pesq", "stoi")
-# Model fields that change how the network runs but not its weights; the rest must
-# match the checkpoint.
-RUNTIME_MODEL_FIELDS = ("compute_dtype", "lstm_unroll", "remat", "recompute_attention")
 SDR_METHOD = "BSS-eval SDR, 512-tap distortion filter (galr_jax.metrics; agrees with mir_eval)"
 
 
@@ -90,10 +91,9 @@ def _with_overrides(saved: Config, overrides: Sequence[str]) -> Config:
     """The checkpoint's config with ``--set`` overrides; weight-shaping fields stay fixed."""
     config = config_from_dict(config_to_dict(saved), overrides)
     for key, value in config_to_dict(config)["model"].items():
-        if key not in RUNTIME_MODEL_FIELDS and value != getattr(saved.model, key):
+        if value != getattr(saved.model, key):
             raise ConfigError(f"model.{key}: cannot be changed for evaluation (the checkpoint has "
-                              f"{getattr(saved.model, key)!r}); only "
-                              f"{', '.join(RUNTIME_MODEL_FIELDS)} can")
+                              f"{getattr(saved.model, key)!r}); the runtime section can")
     return config
 
 
@@ -131,9 +131,13 @@ def save_examples(apply: BatchedApply, examples: list, records: dict, config: Co
     rows = evaluation.padded_batch_size(config.eval.batch_size, apply.num_devices)
     for utterance in examples:
         length = utterance.mixture.shape[0]
-        batch = np.zeros((rows, evaluation.bucket_length(length, buckets)), np.float32)
+        padded_length = evaluation.bucket_length(length, buckets)
+        batch = np.zeros((rows, padded_length), np.float32)
         batch[0, :length] = utterance.mixture
-        estimates = apply(batch)[0, :, :length][records[utterance.id]["permutation"]]
+        lengths = np.zeros((rows,), np.int32)
+        lengths[0] = length
+        estimates = apply(batch, evaluation.model_lengths(lengths, padded_length))
+        estimates = estimates[0, :, :length][records[utterance.id]["permutation"]]
         write_audio(os.path.join(folder, f"{utterance.id}_mix.wav"), utterance.mixture, rate,
                     overwrite=True)
         for c, (reference, estimate) in enumerate(zip(utterance.sources, estimates)):

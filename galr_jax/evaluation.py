@@ -2,20 +2,27 @@
 
 Utterances are zero-padded to a small set of bucket lengths and grouped into
 batches of a fixed size, so a jitted separation function compiles once per bucket
-instead of once per utterance length. Scores are computed with the utterance
-lengths, so padded samples never enter the SI-SNR or the SDR. (A recurrent or
-attentive separator still sees the zeros, so its output on the valid samples can
-move slightly with the padded length: validation and ``eval.py`` agree because they
-use the same buckets, ``EvalConfig.bucket_seconds``.)
+instead of once per utterance length. The separation function is given every row's
+valid length along with the padded batch, and the model leaves what padding adds
+out of every computation (``SeparationModel.__call__(..., lengths=...)``), so an
+utterance's estimates, and hence its scores, do not depend on the bucket it landed
+in: ``EvalConfig.bucket_seconds`` is a speed setting, not part of the result.
+Scores are computed with the same lengths, so padded samples never enter the
+SI-SNR or the SDR either.
 
 Grouping is streaming: an utterance waits in its bucket until the bucket holds a
 full batch, and the partly filled buckets are flushed at the end. Memory therefore
 stays at about ``number of buckets x batch size`` utterances, whatever the size of
 the test set, and a plain iterator (a dataset reader) is enough as input.
 
+Multi-process runs: :func:`evaluate` scores whatever utterances it is given with
+whatever ``separate_fn`` it is given, so each process can score its own share with a
+function that runs on that process's devices only (:class:`galr_jax.inference.BatchedApply`);
+see :mod:`galr_jax.training.validation` for why that is the multi-host design.
+
 Typical use::
 
-    separate = jax.jit(lambda mixture: model.apply(params, mixture))
+    separate = jax.jit(lambda mixture, lengths: model.apply(params, mixture, lengths=lengths))
     result = evaluate(separate, reader, sample_rate=8000, bucket_seconds=(2, 4, 8, 16),
                       batch_size=4, compute_sdr=True)
     print(result.summary["si_snri_mean"])
@@ -36,7 +43,8 @@ import tqdm
 from galr_jax import metrics
 
 Utterance = Tuple[str, np.ndarray, np.ndarray]  # (id, mixture [T], sources [C, T])
-SeparateFn = Callable[[np.ndarray], Any]  # mixture [B, T_pad] -> estimates [B, C, T_pad]
+# (mixture [B, T_pad], lengths [B] int32) -> estimates [B, C, T_pad]
+SeparateFn = Callable[[np.ndarray, np.ndarray], Any]
 
 
 class Batch(NamedTuple):
@@ -155,6 +163,25 @@ def _score_batch(estimates: jax.Array, references: jax.Array, mixture: jax.Array
     return metrics.si_snr_improvement(estimates.astype(jnp.float32), references, mixture, lengths)
 
 
+def model_lengths(lengths: np.ndarray, padded_length: int) -> np.ndarray:
+    """The ``lengths`` a padded batch gives the model: empty rows (length 0) count as full.
+
+    Rows past the real utterances exist only to fill the batch and their output is
+    discarded. Given as all-zero rows of full length they are an ordinary input; with
+    length 0 every statistic the model takes over a row's valid part would be over
+    nothing (0/0).
+
+    Args:
+      lengths: ``[B]`` valid samples per row, 0 for empty rows.
+      padded_length: samples per row of the batch.
+
+    Returns:
+      ``[B]`` int32.
+    """
+    lengths = np.asarray(lengths, np.int32)
+    return np.where(lengths > 0, lengths, np.int32(padded_length)).astype(np.int32)
+
+
 def _checked(utterance: Utterance, num_sources: int | None) -> Tuple[str, np.ndarray, np.ndarray]:
     """Validates one ``(id, mixture [T], sources [C, T])`` triple; returns float32 arrays."""
     utt_id, mixture, sources = utterance
@@ -245,11 +272,13 @@ def evaluate(separate_fn: SeparateFn, utterances: Iterable[Utterance], *, sample
     """Separates and scores whole utterances in padded, bucketed batches.
 
     Args:
-      separate_fn: maps a mixture batch ``[B, T_pad]`` float32 (numpy) to estimates
-        ``[B, C, T_pad]``; typically a jitted model apply. B is always
+      separate_fn: maps a mixture batch ``[B, T_pad]`` float32 (numpy) and the valid
+        samples of each row ``[B]`` int32 to estimates ``[B, C, T_pad]``; typically a
+        jitted model apply passing ``lengths=``. B is always
         ``padded_batch_size(batch_size, num_devices)`` and T_pad a bucket length (or a
         multiple of the largest bucket), so it sees a bounded set of shapes. Rows
-        past the real utterances are zeros and their outputs are ignored.
+        past the real utterances are zeros given as full length
+        (:func:`model_lengths`); their outputs are ignored.
       utterances: iterable of ``(utt_id, mixture [T], sources [C, T])``; read once,
         in a streaming fashion.
       sample_rate: Hz, for the bucket lengths and PESQ/STOI.
@@ -273,7 +302,7 @@ def evaluate(separate_fn: SeparateFn, utterances: Iterable[Utterance], *, sample
     with tqdm.tqdm(total=total, disable=not progress, desc="evaluate", unit="utt") as bar:
         for padded_length, group in _group_by_bucket(_validated(utterances), buckets, batch_size):
             mixture, sources, lengths = _pad_batch(group, rows, padded_length)
-            estimates = separate_fn(mixture)
+            estimates = separate_fn(mixture, model_lengths(lengths, padded_length))
             if tuple(estimates.shape) != sources.shape:
                 raise ValueError(f"separate_fn returned shape {tuple(estimates.shape)} for a "
                                  f"mixture batch {mixture.shape}; expected {sources.shape}")

@@ -117,7 +117,7 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help="chunks per forward pass (default: eval.chunk_batch_size)")
     parser.add_argument("--compute-dtype", choices=COMPUTE_DTYPE_NAMES, default=None,
                         help="dtype of the matrix products (default: the checkpoint's "
-                             "model.compute_dtype); bfloat16 is faster on CPUs and "
+                             "runtime.compute_dtype); bfloat16 is faster on CPUs and "
                              "accelerators with bf16 units")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)

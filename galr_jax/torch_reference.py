@@ -15,8 +15,8 @@ Flax, so keep them stable:
     decoder.conv                     ConvTranspose1d(N, 1, L, stride L/2), no bias
 
 Inside the separator tensors are channels-last, ``[batch, segments, segment_length,
-features]`` (``[B, S, K, D]``), as in the spec. ``model.compute_dtype``, ``lstm_unroll``,
-``remat`` and ``recompute_attention`` are JAX-only settings and are ignored here.
+features]`` (``[B, S, K, D]``), as in the spec. The ``runtime`` section (``compute_dtype``,
+``lstm_unroll``, ``remat``, ``recompute_attention``) holds JAX-only settings, ignored here.
 """
 
 from __future__ import annotations
@@ -273,6 +273,9 @@ class TorchSeparator(nn.Module):
 
     Shape:
       mixture ``[B, T]`` float32 -> separated sources ``[B, C, T]``, for any T >= 1.
+      ``lengths`` (optional): ``[B]`` valid samples of each row of a padded batch. The
+      reference applies the spec's rule by its definition: each row is separated alone
+      at its own length and the output is zero past it.
     """
 
     def __init__(self, model: ModelConfig):
@@ -291,9 +294,14 @@ class TorchSeparator(nn.Module):
         self.mask_head = MaskHead(model)
         self.decoder = Decoder(model.window, model.num_filters)
 
-    def forward(self, mixture: torch.Tensor) -> torch.Tensor:
+    def forward(self, mixture: torch.Tensor, lengths=None) -> torch.Tensor:
         if mixture.dim() != 2:
             raise ValueError(f"mixture: expected [batch, time], got shape {tuple(mixture.shape)}")
+        if lengths is not None:
+            out = mixture.new_zeros(mixture.shape[0], self.num_sources, mixture.shape[1])
+            for row, length in enumerate(torch.as_tensor(lengths).tolist()):
+                out[row, :, :length] = self.forward(mixture[row:row + 1, :length])[0]
+            return out
         batch, num_samples = mixture.shape
         encoded = self.encoder(pad_for_windows(mixture, self.window, dim=1))  # [B, N, F]
         num_frames = encoded.shape[-1]

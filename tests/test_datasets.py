@@ -272,3 +272,11 @@ def test_root_that_is_a_symlink_loop(tmp_path):
     os.symlink(tmp_path / "corpus", tmp_path / "corpus")
     with pytest.raises(DatasetError, match=r"data root is unusable \(symlink loop\)"):
         open_wsj0_mix(tmp_path / "corpus", "tr")
+
+
+@pytest.mark.parametrize("layout", ["wsj0-mix", "librimix"])
+def test_an_object_store_data_root_asks_for_a_mount(layout):
+    config = DataConfig(root="gs://bucket/wsj0-2mix/wav8k/min", layout=layout)
+    with pytest.raises(DatasetError, match=r"gs://bucket/wsj0-2mix/wav8k/min.*: audio is read "
+                                           r"from a local file system; mount the bucket"):
+        open_split(config, "tr", 2)

@@ -169,6 +169,40 @@ def test_eval_equals_training_validation(corpus, workdir, tmp_path):
     assert summary["si_snri"] == pytest.approx(validation["val_si_snri"], abs=1e-4)
 
 
+# The issue's check of eval.py on the demo ([2, 4, 8] s against [16] s), scaled to this
+# corpus: small buckets, and one bucket that holds every utterance but the longest.
+SMALL_BUCKETS = TINY_EVAL["bucket_seconds"]
+ONE_BUCKET = [4.0]
+BUCKET_TOLERANCE_DB = 0.01
+
+
+def test_per_utterance_scores_do_not_depend_on_the_buckets(corpus, workdir, tmp_path):
+    """eval.py gives every utterance the same SI-SNR(i) whatever bucket pads it."""
+    root, good, _ = corpus
+    scores, shapes = {}, {}
+    for name, buckets in (("small", SMALL_BUCKETS), ("one", ONE_BUCKET)):
+        out = tmp_path / name
+        code = evaluate_checkpoint.main([
+            "--workdir", workdir, "--data", root, "--split", "tt", "--out", str(out),
+            "--set", f"eval.bucket_seconds={buckets}", "--no-sdr", "--no-perceptual",
+            "--save-audio", "0", "--quiet"])
+        assert code == 0
+        with open(out / "per_utterance.csv", newline="", encoding="utf-8") as f:
+            scores[name] = {r["id"]: r for r in csv.DictReader(f)}
+        with open(out / "summary.json") as f:
+            shapes[name] = {tuple(s) for s in json.load(f)["compiled_shapes"]}
+    assert set(scores["small"]) == set(scores["one"]) == set(good)
+    # Every utterance but the longest (a multiple of the largest bucket either way) is
+    # padded to a different length in the two runs.
+    assert {s[1] for s in shapes["one"]} == {int(ONE_BUCKET[0] * SAMPLE_RATE)}
+    assert len(shapes["small"]) > 1
+    for utt_id, small in scores["small"].items():
+        one = scores["one"][utt_id]
+        for key in ("si_snri", "si_snr"):
+            difference = abs(float(small[key]) - float(one[key]))
+            assert difference <= BUCKET_TOLERANCE_DB, (utt_id, key, small[key], one[key])
+
+
 def test_checkpoint_and_config_options(corpus, workdir, tmp_path, capsys):
     root, good, _ = corpus
     config_file = str(tmp_path / "tiny.yaml")

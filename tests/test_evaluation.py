@@ -32,28 +32,38 @@ def make_utterances(lengths, seed=0):
 
 
 class ShapeRecorder:
-    """Wraps a jitted separation function and records the shapes it is called with."""
+    """Wraps a jitted separation function; records the shapes and lengths it is called with."""
 
     def __init__(self, function):
         self.function = function
         self.shapes = []
+        self.lengths = []
 
-    def __call__(self, mixture):
+    def __call__(self, mixture, lengths):
         self.shapes.append(mixture.shape)
-        return self.function(mixture)
+        self.lengths.append(np.asarray(lengths).tolist())
+        return self.function(mixture, lengths)
 
 
 @jax.jit
-def near_oracle(mixture):
-    """True sources plus a length-independent pointwise distortion: [B, T] -> [B, 2, T]."""
+def near_oracle(mixture, lengths):
+    """True sources plus a distortion that depends on the valid part: [B, T] -> [B, 2, T].
+
+    The distortion is taken around the mean of the first ``lengths`` samples, so the
+    estimates depend on the padding unless ``evaluate`` passes each row's true length
+    (a stand-in for the model's length handling, which the model tests check).
+    """
     kernel = jnp.asarray(LOW_PASS, jnp.float32)
     low = jax.vmap(lambda m: jnp.convolve(m, kernel)[:m.shape[0]])(mixture)
-    distortion = 0.05 * jnp.tanh(3.0 * mixture)
+    valid = jnp.arange(mixture.shape[1])[None, :] < lengths[:, None]
+    mean = jnp.sum(jnp.where(valid, mixture, 0.0), axis=1, keepdims=True) / lengths[:, None]
+    distortion = jnp.where(valid, 0.05 * jnp.tanh(3.0 * (mixture - mean)), 0.0)
     return jnp.stack([mixture - low + distortion, low - distortion], axis=1)  # swapped order
 
 
 @jax.jit
-def repeated_mixture(mixture):
+def repeated_mixture(mixture, lengths):
+    del lengths  # the mixture itself: its scores do not depend on it
     return jnp.stack([mixture, mixture], axis=1)
 
 
@@ -110,7 +120,12 @@ def test_oracle_scores_high_and_repeated_mixture_scores_zero():
     assert {"si_snr_mean", "sdr_mean", "sdri_median"} <= set(summary)
 
 
-def test_padding_does_not_change_scores():
+def test_scores_see_only_the_valid_samples_of_every_bucket():
+    """evaluate's half of padding invariance: true lengths to the separator and the scores.
+
+    The model's half (its output does not depend on the padding it is told about) is
+    tested on the real model in the model tests and in test_eval.py.
+    """
     lengths = [333, 517, 129]
     utterances = make_utterances(lengths, seed=1)
     kwargs = dict(sample_rate=SAMPLE_RATE, batch_size=2, compute_sdr=True,
@@ -132,6 +147,10 @@ def test_shapes_bounded_by_buckets_and_batches_follow_the_plan():
                                  bucket_seconds=BUCKET_SECONDS, batch_size=3, progress=False)
     plan = evaluation.make_buckets(lengths, BUCKET_SECONDS, SAMPLE_RATE, batch_size=3)
     assert recorder.shapes == [(3, batch.padded_length) for batch in plan]
+    # Each row's own length; rows that only fill the batch count as full length.
+    assert recorder.lengths == [[lengths[i] for i in batch.indices]
+                                + [batch.padded_length] * (3 - len(batch.indices))
+                                for batch in plan]
     # Two buckets plus the 1600-sample round-up of the one utterance above 0.8 s.
     assert set(recorder.shapes) == {(3, 400), (3, 800), (3, 1600)}
     assert [r["id"] for r in result.records] == [u[0] for u in utterances]
@@ -160,7 +179,7 @@ def test_invalid_inputs_are_reported():
     with pytest.raises(ValueError, match="utterance x: sources must be"):
         evaluation.evaluate(repeated_mixture, [("x", np.zeros(10), np.zeros((2, 9)))], **kwargs)
     with pytest.raises(ValueError, match="separate_fn returned shape"):
-        evaluation.evaluate(jax.jit(lambda m: m[:, None, :]), good, **kwargs)
+        evaluation.evaluate(jax.jit(lambda m, n: m[:, None, :]), good, **kwargs)
     empty = evaluation.evaluate(repeated_mixture, [], **kwargs)
     assert empty.records == [] and empty.summary == {"count": 0}
 

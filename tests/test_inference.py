@@ -163,15 +163,15 @@ def test_bfloat16_compute_is_an_option_close_to_float32(config, variables, separ
     """``compute_dtype='bfloat16'``: same weights, products in bf16, outputs near float32's."""
     mixture = speech_like(3.0, seed=3).sum(axis=0)
     fast = Separator(config, variables, compute_dtype="bfloat16")
-    assert fast.config.model.compute_dtype == "bfloat16"
-    assert config.model.compute_dtype == "float32"  # the caller's config is left alone
+    assert fast.config.runtime.compute_dtype == "bfloat16"
+    assert config.runtime.compute_dtype == "float32"  # the caller's config is left alone
     reference, approximate = separator.separate(mixture), fast.separate(mixture)
     assert approximate.dtype == np.float32 and approximate.shape == reference.shape
     agreement = [si_snr_db(approximate[c], reference[c]) for c in range(2)]
     print(f"SI-SNR bf16 vs float32: {agreement[0]:.1f} / {agreement[1]:.1f} dB")
     assert min(agreement) > 20.0
     assert not np.array_equal(approximate, reference)  # the option did change the compute
-    with pytest.raises(ValueError, match="model.compute_dtype.*float16"):
+    with pytest.raises(ValueError, match="runtime.compute_dtype.*float16"):
         Separator(config, variables, compute_dtype="float16")
 
 

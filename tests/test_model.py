@@ -1,7 +1,6 @@
 """Behaviour of the Flax model: shapes, jit caching, dropout, dtypes, remat, batch
 independence, parameter counts and config errors."""
 
-import dataclasses
 import functools
 import pathlib
 import re
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 
 from galr_jax import ConfigError, build_model, load_config
-from galr_jax.config import config_from_dict
+from galr_jax.config import RuntimeConfig, config_from_dict
 from galr_jax.models import Dropout, GALRBlock, GlobalLayerNorm, GloballyAttentive, LayerNorm
 from galr_jax.models.dense import Dense, add_bias
 from galr_jax.models.scheduling import scan_in_place, scan_into_own_buffers
@@ -135,7 +134,7 @@ def test_attention_dropout_masks_differ_between_sequences():
 @pytest.mark.parametrize("name", list(SMALL))
 def test_bfloat16_compute_runs_close_to_float32(name):
     model, variables, separate = initialised(name)
-    low = build_model(dataclasses.replace(model.config, compute_dtype="bfloat16"))
+    low = build_model(model.config, RuntimeConfig(compute_dtype="bfloat16"))
     mixture = random_mixture(2, 801)
     reference = np.asarray(separate(variables, mixture))
     separated = jax.jit(low.apply)(variables, mixture)
@@ -151,7 +150,7 @@ def test_remat_gives_the_same_outputs_and_gradients():
     _, two_blocks, _ = initialised("galr")
     variables = {"params": {k: v for k, v in two_blocks["params"].items() if k != "blocks_1"}}
     model = build_model(model_config("galr", num_blocks=1))
-    remat = build_model(dataclasses.replace(model.config, remat=True))
+    remat = build_model(model.config, RuntimeConfig(remat=True))
     mixture = random_mixture(2, 500)
     weights = np.random.default_rng(1).standard_normal((2, 2, 500)).astype(np.float32)
     assert (jax.tree.structure(jax.eval_shape(remat.init, jax.random.PRNGKey(0), mixture))
@@ -212,9 +211,9 @@ def test_remat_backward_recomputes_the_forward_pass_dropout_masks():
         np.testing.assert_allclose(remat, direct, rtol=1e-4, atol=1e-5 * largest)
 
 
-def _training_program(config) -> str:
+def _training_program(config, runtime: RuntimeConfig = RuntimeConfig()) -> str:
     """The traced (not compiled) train-mode forward pass of a model, as text."""
-    model = build_model(config)
+    model = build_model(config, runtime)
     mixture = jnp.zeros((2, 800))
     variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), mixture)
     return str(jax.make_jaxpr(lambda v, x: model.apply(
@@ -227,11 +226,11 @@ def test_memory_settings_reach_the_model(name):
     # it); here: each setting changes the traced program, and only where it applies.
     config = model_config(name)
     default = _training_program(config)
-    attention_kept = _training_program(dataclasses.replace(config, recompute_attention=False))
+    attention_kept = _training_program(config, RuntimeConfig(recompute_attention=False))
     assert (attention_kept != default) == (name == "galr")
     # Under remat GALR's attention is not recomputed a second time, so an ignored remat
     # would give the attention-kept program.
-    remat = _training_program(dataclasses.replace(config, remat=True))
+    remat = _training_program(config, RuntimeConfig(remat=True))
     assert remat != default and remat != attention_kept
 
 

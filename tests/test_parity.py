@@ -264,20 +264,49 @@ def test_end_to_end(pair, length):
     assert_parity(separated, run_torch(torch_model, mixture), what="separated")
 
 
-def torch_gradients(torch_model, mixture, weights):
+# A padded batch: rows shorter than one segment, between hops, and at the full length;
+# the padding holds noise, which the lengths must make invisible.
+PADDED_LENGTHS = (100, 333, 800)
+
+
+def padded_batch(seed=3):
+    mixture = random_array(len(PADDED_LENGTHS), max(PADDED_LENGTHS), seed=seed)
+    return mixture, np.asarray(PADDED_LENGTHS, np.int32)
+
+
+def test_end_to_end_padded_batch(pair):
+    """Each row of a padded batch equals the reference's exact-length run of that row."""
+    _, config, torch_model, params = pair
+    mixture, lengths = padded_batch()
+    apply = jax.jit(lambda p, x, n: build_model(config).apply({"params": p}, x, lengths=n))
+    separated = np.asarray(apply(params, mixture, lengths))
+    with torch.no_grad():
+        expected = torch_model(torch.from_numpy(mixture), torch.from_numpy(lengths)).numpy()
+    for row, length in enumerate(lengths):
+        assert_parity(separated[row, :, :length], expected[row, :, :length],
+                      what=f"separated row {row} (length {length})")
+        assert not np.any(separated[row, :, length:]), "output past the valid length"
+
+
+def torch_gradients(torch_model, mixture, weights, lengths=None):
     """Gradients of sum(output * weights) w.r.t. the input and the state_dict entries."""
     torch_model.zero_grad()
     x = torch.from_numpy(mixture).requires_grad_()
-    (torch_model(x) * torch.from_numpy(weights)).sum().backward()
+    lengths = None if lengths is None else torch.from_numpy(lengths)
+    (torch_model(x, lengths) * torch.from_numpy(weights)).sum().backward()
     return x.grad.numpy(), {k: p.grad for k, p in torch_model.named_parameters()}
 
 
-def test_gradients(pair):
+@pytest.mark.parametrize("padded", [False, True], ids=["exact", "padded"])
+def test_gradients(pair, padded):
     _, config, torch_model, params = pair
     length = LENGTHS[1]
     mixture = random_array(BATCH, length, seed=1)
-    weights = random_array(BATCH, config.num_sources, length, seed=2)
-    input_grad, grads = torch_gradients(torch_model, mixture, weights)
+    lengths = None
+    if padded:
+        mixture, lengths = padded_batch(seed=1)
+    weights = random_array(*mixture.shape[:1], config.num_sources, mixture.shape[1], seed=2)
+    input_grad, grads = torch_gradients(torch_model, mixture, weights, lengths)
 
     # Flax's LSTM bias is b_ih + b_hh, so its gradient is the gradient of either one.
     for key in [k for k in grads if ".bias_hh_" in k]:
@@ -289,7 +318,7 @@ def test_gradients(pair):
     model = build_model(config)
 
     def loss(p, x):
-        return jnp.sum(model.apply({"params": p}, x) * weights)
+        return jnp.sum(model.apply({"params": p}, x, lengths=lengths) * weights)
 
     flax_params_grad, flax_input_grad = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, mixture)
     assert_parity(flax_input_grad, input_grad, GRADIENT_TOLERANCE, what="d loss / d mixture")

@@ -1,19 +1,23 @@
-"""Training checkpoints with real Orbax: round trip, fallback past damaged steps, errors."""
+"""Training checkpoints with real Orbax: round trip, real read faults, unfinalized steps,
+runtime settings and saved configs of other versions."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 
 import jax
 import numpy as np
 import pytest
 
 from galr_jax.checkpoints import CheckpointError, restore_variables
-from galr_jax.config import ConfigError, config_from_dict
+from galr_jax.config import (SCHEMA_VERSION, ConfigError, RuntimeConfig, config_from_dict,
+                             config_to_dict)
 from galr_jax.models import build_model
 from galr_jax.training import PlateauSchedule, TrainCheckpointer, abstract_train_state, make_optimizer
-from galr_jax.training.checkpointer import UNREADABLE_SUBDIR
+from galr_jax.training.workdir import prepare_workdir
 from training_helpers import TINY_MODEL
 
 
@@ -95,41 +99,148 @@ def _truncate_item(step_dir, item):
                 f.truncate(os.path.getsize(path) // 2)
 
 
-@pytest.mark.parametrize("damage", ["truncate", "delete-item"])
-def test_damaged_newest_step_falls_back_with_a_warning(tmp_path, caplog, damage):
+def _largest_data_file(step_dir, item):
+    """The file holding most of an item's array bytes (OCDBT's merged data)."""
+    return max((step_dir / item / "d").iterdir(), key=lambda p: p.stat().st_size)
+
+
+def _replace_by_directory(path):
+    """A real read fault: ``open`` or TensorStore's read of ``path`` fails with EISDIR."""
+    path.unlink()
+    path.mkdir()
+
+
+def _tree_snapshot(root):
+    """Every file and folder under ``root`` with its bytes, to prove nothing was touched."""
+    snapshot = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            snapshot[os.path.relpath(os.path.join(folder, name), root)] = "dir"
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as f:
+                snapshot[os.path.relpath(os.path.join(folder, name), root)] = f.read()
+    return snapshot
+
+
+@pytest.mark.parametrize("damage, cause", [
+    ("meta-read-error", "IsADirectoryError"),  # the OS refuses the read of the meta file
+    ("data-read-error", "NOT_FOUND"),  # TensorStore cannot read the array data file
+    ("truncate", "OUT_OF_RANGE"),  # a finalized step with half of its bytes
+    ("delete-item", "params"),  # an item removed by hand
+])
+def test_unreadable_finalized_step_stops_with_a_clear_error_and_touches_nothing(
+        tmp_path, damage, cause):
+    """A finalized step that cannot be read is never skipped, moved or deleted: the
+    fault may be transient, and falling back to an older step would discard training."""
     config = _config()
     _save_steps(tmp_path, config, [2, 4])
     newest = tmp_path / "checkpoints" / "4"
-    if damage == "truncate":
-        _truncate_item(newest, "train_state")
+    if damage == "meta-read-error":
+        _replace_by_directory(newest / "meta" / "metadata")
+    elif damage == "data-read-error":
+        _replace_by_directory(_largest_data_file(newest, "params"))
+    elif damage == "truncate":
+        _truncate_item(newest / "params", "d")  # the array bytes, not the metadata
     else:
-        import shutil
         shutil.rmtree(newest / "params")
+    before = _tree_snapshot(tmp_path)
+    checkpointer = TrainCheckpointer(str(tmp_path), config, _abstract(config))
+    with pytest.raises(CheckpointError) as error:
+        checkpointer.restore_latest()
+    checkpointer.close()
+    message = str(error.value)
+    assert message.startswith(f"{newest}: reading this checkpoint failed"), message
+    assert cause in message and "Nothing was moved or deleted" in message, message
+    assert _tree_snapshot(tmp_path) == before
+    # Inference's restore obeys the same rule.
+    with pytest.raises(CheckpointError, match=f"^{newest}: reading this checkpoint failed"):
+        restore_variables(tmp_path, which="latest")
+    assert _tree_snapshot(tmp_path) == before
+
+
+def test_a_step_orbax_never_finalized_is_skipped_and_left_in_place(tmp_path, caplog):
+    """A save cut short by a kill leaves ``<step>.orbax-checkpoint-tmp``, which Orbax
+    marks incomplete: resume uses the step before it, and saving that step again works."""
+    config = _config()
+    _save_steps(tmp_path, config, [2, 4])
+    folder = tmp_path / "checkpoints"
+    # What a kill during the write of step 6 leaves: a temporary folder, half written.
+    partial = folder / "6.orbax-checkpoint-tmp"
+    shutil.copytree(folder / "4", partial)
+    (partial / "commit_success.txt").unlink()
+    _truncate_item(partial, "params")
+    before = _tree_snapshot(tmp_path)
     checkpointer = TrainCheckpointer(str(tmp_path), config, _abstract(config))
     with caplog.at_level(logging.WARNING):
         restored = checkpointer.restore_latest()
-    assert int(restored.state.step) == 2
-    _assert_trees_equal(restored.state, _state(config, 2, seed=2))
-    assert "step 4" in caplog.text and "unreadable" in caplog.text
-    # The damaged step is kept aside, and step 4 can be saved again.
-    assert len(os.listdir(tmp_path / UNREADABLE_SUBDIR)) == 1
-    assert checkpointer.steps() == [2]
-    checkpointer.save(_state(config, 4, seed=40), PlateauSchedule(), _position(4))
+    _assert_trees_equal(restored.state, _state(config, 4, seed=4))
+    assert "6.orbax-checkpoint-tmp, which Orbax never finalized" in caplog.text
+    assert "resuming from step 4" in caplog.text
+    assert _tree_snapshot(tmp_path) == before
+    checkpointer.save(_state(config, 6, seed=60), PlateauSchedule(), _position(6))
     checkpointer.close()
     again = TrainCheckpointer(str(tmp_path), config, _abstract(config))
-    _assert_trees_equal(again.restore_latest().state, _state(config, 4, seed=40))
+    _assert_trees_equal(again.restore_latest().state, _state(config, 6, seed=60))
     again.close()
 
 
-def test_no_readable_step_is_a_clear_error(tmp_path):
+def test_changed_runtime_settings_restore_the_same_state(tmp_path, caplog):
+    """Runtime settings are not the architecture: a run saved with the defaults resumes
+    under remat, another unroll and bf16, also when they are spelled the old way."""
+    config = _config()
+    _save_steps(tmp_path, config, [2, 4])
+    changed = config_from_dict(config_to_dict(config), [
+        "runtime.remat=true", "runtime.lstm_unroll=2", "model.compute_dtype=bfloat16"])
+    assert changed.runtime == RuntimeConfig(compute_dtype="bfloat16", lstm_unroll=2, remat=True)
+    assert changed.model == config.model
+    checkpointer = TrainCheckpointer(str(tmp_path), changed, _abstract(changed))
+    restored = checkpointer.restore_latest()
+    checkpointer.close()
+    assert int(restored.state.step) == 4
+    _assert_trees_equal(restored.state, _state(config, 4, seed=4))
+    with caplog.at_level(logging.WARNING):
+        prepare_workdir(str(tmp_path), config)
+        assert prepare_workdir(str(tmp_path), changed) is True
+    assert "runtime.remat: False -> True" in caplog.text
+
+
+def test_a_saved_config_with_unknown_runtime_and_train_keys_restores_with_warnings(
+        tmp_path, caplog):
+    """A checkpoint written by a version with fields this one does not know (or no
+    longer has) restores; each dropped key is named."""
     config = _config()
     _save_steps(tmp_path, config, [2])
-    _truncate_item(tmp_path / "checkpoints" / "2", "params")
+    meta_file = tmp_path / "checkpoints" / "2" / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    assert meta["config"]["schema_version"] == SCHEMA_VERSION
+    meta["config"]["runtime"]["kernels"] = "pallas"
+    meta["config"]["train"]["gradient_accumulation"] = 4
+    meta_file.write_text(json.dumps(meta))
     checkpointer = TrainCheckpointer(str(tmp_path), config, _abstract(config))
-    with pytest.raises(CheckpointError, match="no checkpoint can be restored"):
+    with caplog.at_level(logging.WARNING):
+        restored = checkpointer.restore_latest()
+        variables, saved = restore_variables(tmp_path, which="latest")
+    checkpointer.close()
+    assert int(restored.state.step) == 2 and saved["config"] == config
+    _assert_trees_equal(variables["params"], restored.state.params)
+    assert "dropped unknown key runtime.kernels" in caplog.text
+    assert "dropped unknown key train.gradient_accumulation" in caplog.text
+
+
+def test_a_saved_config_with_an_unknown_model_key_is_an_error_naming_it(tmp_path):
+    config = _config()
+    _save_steps(tmp_path, config, [2])
+    meta_file = tmp_path / "checkpoints" / "2" / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    meta["config"]["model"]["rotary_positions"] = True
+    meta_file.write_text(json.dumps(meta))
+    checkpointer = TrainCheckpointer(str(tmp_path), config, _abstract(config))
+    with pytest.raises(ConfigError, match=r"checkpoints/2.*unknown architecture key "
+                                          r"model\.rotary_positions"):
         checkpointer.restore_latest()
     checkpointer.close()
-    assert (tmp_path / "checkpoints" / "2").exists()  # nothing was moved or deleted
+    with pytest.raises(ConfigError, match=r"model\.rotary_positions"):
+        restore_variables(tmp_path, which="latest")
 
 
 def test_resuming_with_another_model_is_a_clear_error(tmp_path):

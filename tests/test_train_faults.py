@@ -1,7 +1,7 @@
 """Training survives kills, preemption, damaged checkpoints, full or read-only disks and NaN.
 
 Cases 1-5 of the fault suite (issue 6), each on real ``train.py`` processes: real
-SIGKILL/SIGTERM, real Orbax files, a real file-size limit (EFBIG at save) and a real
+SIGKILL/SIGTERM, real Orbax files (a damaged finalized step stops the run, untouched), a real file-size limit (EFBIG at save) and a real
 read-only mount (in a user namespace). The uninterrupted reference run is shared.
 
 More kill points: ``GALR_FAULT_SEEDS=0,1,2,3 pytest tests/test_train_faults.py``.
@@ -136,11 +136,27 @@ def _truncate_newest(workdir):
     return newest
 
 
+def _unfinalized(workdir):
+    """Step folders of saves cut short (Orbax's temporary names)."""
+    return [n for n in os.listdir(os.path.join(workdir, "checkpoints")) if "orbax-checkpoint-tmp" in n]
+
+
+def _tree_snapshot(root):
+    """Every path under ``root`` with its bytes (logs excluded: a run appends to them)."""
+    snapshot = {}
+    for folder, _, files in os.walk(os.path.join(root, "checkpoints")):
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as f:
+                snapshot[os.path.relpath(os.path.join(folder, name), root)] = f.read()
+    return snapshot
+
+
 @pytest.mark.parametrize("seed", SEEDS)
-def test_sigkill_at_random_points_resumes_bit_identically(setup, reference, seed):
+def test_sigkill_at_random_points_resumes_bit_identically(setup, reference, seed, tmp_path):
     """Case 1 (and 3): kills at a random step, during an async save, at another random
-    step; then the newest checkpoint is damaged by hand; the final params still equal
-    the uninterrupted run's bit for bit, and the log has each step once."""
+    step; then the newest checkpoint is damaged by hand, which stops the next start with
+    a clear error and no file touched; once the user moves that step away, the final
+    params still equal the uninterrupted run's bit for bit, and the log has each step once."""
     rng = random.Random(seed)
     workdir = setup["root"] / f"sigkill-{seed}"
 
@@ -158,16 +174,24 @@ def test_sigkill_at_random_points_resumes_bit_identically(setup, reference, seed
     assert code == -signal.SIGKILL
 
     third = rng.randint(6, NUM_STEPS - 1)
+    cut_short = _unfinalized(workdir)
     process = _start(setup, workdir)
-    code, _ = _kill_when(process, at_step(process, third), f"step {third}")
+    code, output = _kill_when(process, at_step(process, third), f"step {third}")
     assert code == -signal.SIGKILL
+    for name in cut_short:  # the save killed above, if it was still unfinalized
+        assert f"skipping {name}, which Orbax never finalized" in output, output[-3000:]
     assert len(_complete_steps(workdir)) >= 2, _complete_steps(workdir)
 
     damaged = _truncate_newest(workdir)
+    before = _tree_snapshot(workdir)
+    code, output = _run(setup, workdir)
+    assert code == 2, output[-3000:]
+    step_dir = os.path.join(workdir, "checkpoints", str(damaged))
+    assert f"{step_dir}: reading this checkpoint failed" in output, output[-3000:]
+    assert _tree_snapshot(workdir) == before
+    shutil.move(step_dir, tmp_path / str(damaged))  # what the message tells the user to do
     code, output = _run(setup, workdir)
     assert code == 0, output[-3000:]
-    assert f"checkpoint step {damaged}" in output and "unreadable" in output
-    assert os.listdir(workdir / "checkpoints_unreadable")
     _assert_params_equal(workdir, reference)
     steps = [json.loads(line)["step"] for line in open(workdir / "metrics.jsonl")]
     assert steps == list(range(1, NUM_STEPS + 1)), steps
@@ -294,3 +318,21 @@ def test_resuming_with_another_model_config_is_a_clear_error(setup, reference):
     assert code == 2, output[-3000:]
     assert "this run was started with another model (model.features is 16" in output
     assert _complete_steps(workdir) == before
+
+
+def test_resuming_with_changed_runtime_settings_continues_the_run(setup, reference, tmp_path):
+    """runtime.* (the usual answer to an out of memory is remat) may change on resume,
+    also in the old model.* spelling; training continues from the saved step."""
+    workdir = tmp_path / "runtime"
+    shutil.copytree(setup["root"] / "reference", workdir)
+    more = NUM_STEPS + CHECKPOINT_EVERY
+    code, output = _run(setup, workdir, [f"train.num_steps={more}", "runtime.remat=true",
+                                         "runtime.lstm_unroll=2", "model.recompute_attention=false"])
+    assert code == 0, output[-3000:]
+    assert f"resuming {workdir} from step {NUM_STEPS}" in output, output[-3000:]
+    assert "model.recompute_attention is deprecated" in output
+    assert "runtime.remat: False -> True" in output
+    steps = [json.loads(line)["step"] for line in open(workdir / "metrics.jsonl")]
+    assert steps == list(range(1, more + 1)), steps
+    step, _ = final_params(str(workdir))
+    assert step == more

@@ -68,7 +68,7 @@ def test_evaluation_of_the_checkpoint_matches_the_logged_validation(run):
     config = meta["config"]
     assert meta["step"] == 3
     model = build_model(config)
-    separate = jax.jit(lambda mixture: model.apply(variables, mixture))
+    separate = jax.jit(lambda mixture, lengths: model.apply(variables, mixture, lengths=lengths))
     logged = [json.loads(line) for line in open(run["workdir"] / "metrics.jsonl")][-1]
     for split in ("cv", "tt"):
         with UtteranceReader(open_split(config.data, split, config.model.num_sources)) as reader:

@@ -89,7 +89,7 @@ def step_behaviour(out: str) -> None:
     poisoned["mixture"][1, 17] = np.nan
     results = {}
     for dtype in ("float32", "bfloat16"):
-        config = config_from_dict({"model": dict(TINY_MODEL, compute_dtype=dtype),
+        config = config_from_dict({"model": TINY_MODEL, "runtime": {"compute_dtype": dtype},
                                    "train": {"batch_size": GLOBAL_BATCH}})
         model = build_model(config)
         optimizer = make_optimizer(config.train)

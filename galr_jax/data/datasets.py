@@ -264,6 +264,16 @@ def _open(name: str, entries, layout_problems, description: dict, *, num_sources
                           stereo=stereo, problems=problems)
 
 
+def _require_local(path: Optional[str], what: str) -> None:
+    """Audio is decoded by soundfile (libsndfile) from local files, and the length index
+    stats every file; an object-store URL would otherwise surface as a mangled "not found"."""
+    if path is not None and "://" in os.fspath(path):
+        raise DatasetError(
+            f"{what} {path}: audio is read from a local file system; mount the bucket (for "
+            "gs://, e.g. with gcsfuse) and give the mount point. Workdirs and checkpoints "
+            "can be gs:// URLs")
+
+
 def open_wsj0_mix(root: str, split: str, *, num_sources: int = 2,
                   sample_rate: Optional[int] = None, bad_files: str = "skip",
                   stereo: str = "error", cache_dir: Optional[str] = None) -> MixtureDataset:
@@ -282,6 +292,7 @@ def open_wsj0_mix(root: str, split: str, *, num_sources: int = 2,
       DatasetError: layout problems (see :func:`scan_wsj0_mix`), or no usable mixture.
       AudioError: with ``bad_files='error'``, the first bad file.
     """
+    _require_local(root, "data root")
     root = os.path.abspath(root)
     entries, layout_problems = scan_wsj0_mix(root, split, num_sources)
     description = {"layout": "wsj0-mix", "root": root, "split": split, "num_sources": num_sources}
@@ -297,6 +308,8 @@ def open_librimix(csv_path: str, *, num_sources: int = 2, audio_root: Optional[s
     A file whose length differs from the CSV's ``length`` column is not an error: the
     length index measures the files themselves.
     """
+    _require_local(csv_path, "metadata CSV")
+    _require_local(audio_root, "audio root")
     csv_path = os.path.abspath(csv_path)
     entries, layout_problems = read_librimix_csv(csv_path, num_sources, audio_root)
     description = {"layout": "librimix", "csv": csv_path, "num_sources": num_sources}

@@ -130,6 +130,12 @@ class TrainLoader:
         self._orders: dict[tuple[int, int], np.ndarray] = {}
         self._open_iterators: list[OrderedPrefetcher] = []
 
+    @property
+    def pads(self) -> bool:
+        """Whether batches can hold zero-padded rows, and so carry ``lengths`` (fixed for a
+        run: the train step's input structure does not change between steps)."""
+        return self.num_short > 0 and self.short_utterances == "pad"
+
     def summary(self) -> str:
         """One line for the log."""
         return (f"{self.dataset.name}: {self.num_usable} utterances for training, "
@@ -174,7 +180,7 @@ class TrainLoader:
             return signal
         return np.pad(signal, [(0, 0)] * (signal.ndim - 1) + [(0, missing)])
 
-    def _stored_example(self, rng, order, offset) -> tuple[np.ndarray, np.ndarray]:
+    def _stored_example(self, rng, order, offset) -> tuple[np.ndarray, np.ndarray, int]:
         for attempt in range(self.num_usable):
             utterance = int(order[(offset + attempt) % self.num_usable])
             start, frames = self._crop_window(rng, utterance)
@@ -183,10 +189,10 @@ class TrainLoader:
             except AudioError as e:
                 self._record(e)
                 continue
-            return self._fit(mixture), self._fit(sources)
+            return self._fit(mixture), self._fit(sources), mixture.shape[-1]
         raise DatasetError(f"{self.dataset.name}: no utterance could be loaded")
 
-    def _mixed_example(self, rng, order, offset) -> tuple[np.ndarray, np.ndarray]:
+    def _mixed_example(self, rng, order, offset) -> tuple[np.ndarray, np.ndarray, int]:
         first = int(order[offset])
         # Partners: distinct positions among the usable utterances other than `first`.
         skip = int(np.searchsorted(self._usable, first))
@@ -194,9 +200,10 @@ class TrainLoader:
         chosen = [first] + [int(self._usable[o + (o >= skip)]) for o in others]
         gains = _db_to_gain(rng.uniform(-self.dynamic_mixing_gain_db,
                                         self.dynamic_mixing_gain_db, self.num_sources))
-        sources = np.stack([self._fit(self._mixed_source(rng, chosen, slot)) * np.float32(gain)
-                            for slot, gain in enumerate(gains)]).astype(np.float32)
-        return sources.sum(axis=0), sources
+        crops = [self._mixed_source(rng, chosen, slot) for slot in range(self.num_sources)]
+        sources = np.stack([self._fit(crop) * np.float32(gain)
+                            for crop, gain in zip(crops, gains)]).astype(np.float32)
+        return sources.sum(axis=0), sources, max(crop.shape[-1] for crop in crops)
 
     def _mixed_source(self, rng, chosen: list[int], slot: int) -> np.ndarray:
         """A crop of one random clean source of ``chosen[slot]``, or of a replacement."""
@@ -222,8 +229,9 @@ class TrainLoader:
         first = self.process_index * self.local_batch_size
         return [(epoch, in_epoch, j) for j in range(first, first + self.local_batch_size)]
 
-    def example(self, epoch: int, in_epoch: int, j: int) -> tuple[np.ndarray, np.ndarray]:
-        """Example ``j`` of the global batch at ``(epoch, in_epoch)``: ``([T], [C, T])``."""
+    def example(self, epoch: int, in_epoch: int, j: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """Example ``j`` of the global batch at ``(epoch, in_epoch)``: ``([T], [C, T],
+        length)``, zero-padded to T past ``length`` (an utterance shorter than the crop)."""
         rng = np.random.default_rng([self.seed, _EXAMPLE_STREAM, epoch, in_epoch, j])
         order, offset = self._slot(epoch, in_epoch * self.batch_size + j)
         if self.dynamic_mixing:
@@ -234,13 +242,19 @@ class TrainLoader:
         """This process's slice of the global batch at ``step`` (decoded synchronously).
 
         Returns:
-          ``{'mixture': [B_local, T], 'sources': [B_local, C, T]}`` float32.
+          ``{'mixture': [B_local, T], 'sources': [B_local, C, T]}`` float32; where the
+          split has utterances shorter than the crop (padded, :attr:`pads`), also
+          ``'lengths': [B_local]`` int32, each row's samples before its zero padding (the
+          model and the loss ignore the padding).
         """
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
         examples = [self.example(*key) for key in self.batch_indices(step)]
-        return {"mixture": np.stack([m for m, _ in examples]).astype(np.float32),
-                "sources": np.stack([s for _, s in examples]).astype(np.float32)}
+        batch = {"mixture": np.stack([m for m, _, _ in examples]).astype(np.float32),
+                 "sources": np.stack([s for _, s, _ in examples]).astype(np.float32)}
+        if self.pads:
+            batch["lengths"] = np.array([n for _, _, n in examples], np.int32)
+        return batch
 
     def iterate(self, start_step: int = 0,
                 num_steps: Optional[int] = None) -> OrderedPrefetcher[dict[str, np.ndarray]]:

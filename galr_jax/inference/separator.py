@@ -12,7 +12,8 @@ by ``eval.chunk_overlap_seconds`` and run in batches of ``eval.chunk_batch_size`
 through one compiled function of one shape; see :mod:`galr_jax.inference.chunking` for
 the stitching. A signal no longer than one chunk runs whole, zero-padded to the
 smallest of ``eval.bucket_seconds`` (or the chunk) that holds it, as evaluation pads
-utterances: the set of compiled shapes stays bounded whatever the inputs.
+utterances: the set of compiled shapes stays bounded whatever the inputs, and the model
+is given the signal's length, so the padding does not change its output.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import numpy as np
 from galr_jax.checkpoints import restore_variables
 from galr_jax.config import Config, config_from_dict, config_to_dict
 from galr_jax.data.audio import AudioError
-from galr_jax.evaluation import bucket_length, buckets_in_samples, padded_batch_size
+from galr_jax.evaluation import (bucket_length, buckets_in_samples, model_lengths,
+                                 padded_batch_size)
 from galr_jax.inference.apply import BatchedApply
 from galr_jax.inference.audio_io import SourceWriter, open_input
 from galr_jax.inference.chunking import OverlapAddStitcher, iter_chunks
@@ -50,7 +52,7 @@ class Separator:
       batch_size: chunks per call (rounded up to a multiple of the devices);
         overrides ``config.eval.chunk_batch_size``.
       devices: devices to run on; default all local devices.
-      compute_dtype: overrides ``config.model.compute_dtype``: ``'bfloat16'`` runs the
+      compute_dtype: overrides ``config.runtime.compute_dtype``: ``'bfloat16'`` runs the
         products in bfloat16 (weights, LSTM cell state, norms and softmax stay float32).
 
     Attributes:
@@ -65,7 +67,7 @@ class Separator:
                  devices: Optional[Sequence[Any]] = None, compute_dtype: Optional[str] = None):
         if compute_dtype is not None:  # validated by the config system
             config = config_from_dict(config_to_dict(config),
-                                      [f"model.compute_dtype={compute_dtype}"])
+                                      [f"runtime.compute_dtype={compute_dtype}"])
         self.config = config
         self.sample_rate = config.model.sample_rate
         self.num_sources = config.model.num_sources
@@ -120,10 +122,12 @@ class Separator:
 
     def _separate_short(self, samples: np.ndarray) -> np.ndarray:
         length = samples.shape[0]
-        padded = np.zeros((self._apply.num_devices, bucket_length(length, self._short_buckets)),
-                          np.float32)
+        padded_length = bucket_length(length, self._short_buckets)
+        padded = np.zeros((self._apply.num_devices, padded_length), np.float32)
         padded[0, :length] = samples
-        return self._apply(padded)[0, :, :length]
+        lengths = np.zeros((self._apply.num_devices,), np.int32)
+        lengths[0] = length  # the model leaves the bucket's padding out
+        return self._apply(padded, model_lengths(lengths, padded_length))[0, :, :length]
 
     def _run_batch(self, batch: list, stitcher: OverlapAddStitcher) -> Iterator[np.ndarray]:
         inputs = np.zeros((self.batch_size, self.chunk_samples), np.float32)

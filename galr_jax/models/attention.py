@@ -62,7 +62,8 @@ class _Projection(nn.Module):
 
 def dot_product_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray,
                           dropout_rng: Optional[jax.Array] = None, dropout_rate: float = 0.0,
-                          rows: int = 1, first_row: Union[int, jax.Array] = 0) -> jnp.ndarray:
+                          rows: int = 1, first_row: Union[int, jax.Array] = 0,
+                          key_valid: Optional[jnp.ndarray] = None) -> jnp.ndarray:
     """Scaled dot-product attention, dropout on the weights (one draw per weight).
 
     Args:
@@ -71,6 +72,8 @@ def dot_product_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarr
         :func:`galr_jax.models.dropout.keep_mask`).
       dropout_rng: key of the dropout on the attention weights; None: no dropout.
       dropout_rate: probability of dropping a weight.
+      key_valid: bool, broadcastable to the weights ``[batch..., length, length]``: the
+        keys a query may attend to (at least one per query); None: all.
 
     Returns:
       ``[batch..., length, depth]``. The weights are ``[batch..., length, length]``,
@@ -82,13 +85,15 @@ def dot_product_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarr
         keep_prob = 1.0 - dropout_rate
         keep = keep_mask(dropout_rng, query.shape[:-1] + key.shape[-2:-1], keep_prob, rows=rows,
                          first_row=first_row)
-    return _attention(query, key, value, keep, keep_prob)
+    return _attention(query, key, value, keep, key_valid, keep_prob)
 
 
-def _attention_forward(query, key, value, keep, keep_prob):
+def _attention_forward(query, key, value, keep, key_valid, keep_prob):
     scale = jnp.asarray(1.0 / np.sqrt(query.shape[-1]), query.dtype)
-    logits = jnp.einsum("...qd,...kd->...qk", query * scale, key)
-    weights = jax.nn.softmax(logits.astype(jnp.float32))
+    logits = jnp.einsum("...qd,...kd->...qk", query * scale, key).astype(jnp.float32)
+    if key_valid is not None:
+        logits = jnp.where(key_valid, logits, -jnp.inf)  # weight exactly 0
+    weights = jax.nn.softmax(logits)
     out = jnp.einsum("...qk,...kd->...qd", _dropped(weights, keep, keep_prob).astype(value.dtype),
                      value)
     return out, (query, key, value, keep, weights, out)
@@ -98,16 +103,18 @@ def _dropped(x, keep, keep_prob):
     return x if keep is None else apply_keep_mask(x, keep, keep_prob)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _attention(query, key, value, keep, keep_prob):
-    """Attention with the weights' dropout mask ``keep`` (bool, or None) given.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _attention(query, key, value, keep, key_valid, keep_prob):
+    """Attention with the weights' dropout mask ``keep`` and the keys' mask ``key_valid``
+    (bool, or None) given. A masked key's weights are zero, so the backward pass below
+    needs no mask of its own.
 
     The backward pass is written out because automatic differentiation of the softmax
     makes several passes over the ``[..., length, length]`` weights (maximum,
     division, a row sum of the weights' gradient); here one elementwise pass and the
     four products remain: the softmax's row term sum_k W dW is dO . O per query.
     """
-    return _attention_forward(query, key, value, keep, keep_prob)[0]
+    return _attention_forward(query, key, value, keep, key_valid, keep_prob)[0]
 
 
 def _contract_queries(weights: jnp.ndarray, x: jnp.ndarray) -> jnp.ndarray:
@@ -137,7 +144,7 @@ def _attention_backward(keep_prob, residuals, d_out):
     d_logits = (weights * (_dropped(d_dropped, keep, keep_prob) - row)).astype(query.dtype)
     d_query = jnp.einsum("...qk,...kd->...qd", d_logits, key) * jnp.asarray(scale, query.dtype)
     d_key = _contract_queries(d_logits, query) * jnp.asarray(scale, key.dtype)
-    return d_query, d_key, d_value, None
+    return d_query, d_key, d_value, None, None
 
 
 _attention.defvjp(_attention_forward, _attention_backward)
@@ -155,6 +162,8 @@ class MultiHeadSelfAttention(nn.Module):
     Shape:
       ``[batch..., length, D]`` -> same. The leading axis is the example axis for the
       dropout masks; ``first_row`` is the global index of its first example.
+      ``key_valid``: bool ``[batch..., length]`` (or broadcastable), the positions that
+      may be attended to; None: all.
     """
 
     num_heads: int
@@ -163,7 +172,8 @@ class MultiHeadSelfAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False,
-                 first_row: Union[int, jax.Array] = 0) -> jnp.ndarray:
+                 first_row: Union[int, jax.Array] = 0,
+                 key_valid: Optional[jnp.ndarray] = None) -> jnp.ndarray:
         features = x.shape[-1]
         if features % self.num_heads:
             raise ValueError(f"MultiHeadSelfAttention: {features} features do not split into "
@@ -182,6 +192,8 @@ class MultiHeadSelfAttention(nn.Module):
         qkv = add_bias(qkv, bias, (0, -3, -1))
         key = self.make_rng(DROPOUT) if train and self.dropout > 0.0 else None
         attended = dot_product_attention(*qkv, dropout_rng=key, dropout_rate=self.dropout,
-                                         rows=x.shape[0], first_row=first_row)
+                                         rows=x.shape[0], first_row=first_row,
+                                         key_valid=None if key_valid is None
+                                         else key_valid[..., None, None, :])
         out = jnp.einsum("...hle,hed->...ld", attended, out_kernel.astype(self.dtype))
         return add_bias(out, out_bias, (-1,))

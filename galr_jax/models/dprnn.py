@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import flax.linen as nn
 import jax
@@ -15,7 +15,10 @@ class DPRNNBlock(nn.Module):
     """Intra-segment BiLSTM path, then the same along the segment axis; zero initial states.
 
     Shape:
-      ``[batch, segments, K, D]`` -> same.
+      ``[batch, segments, K, D]`` -> same. ``segment_valid``: bool ``[batch, segments]``,
+      the segments an example has at its own length in a padded batch; the inter-segment
+      BiLSTM runs over those alone in both directions and the gLNs take their statistics
+      over them (None: all segments are real).
     """
 
     hidden: int
@@ -25,11 +28,14 @@ class DPRNNBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False,
-                 first_row: Union[int, jax.Array] = 0) -> jnp.ndarray:
+                 first_row: Union[int, jax.Array] = 0,
+                 segment_valid: Optional[jnp.ndarray] = None) -> jnp.ndarray:
         del train, first_row  # DPRNN has no dropout
+        valid = None if segment_valid is None else segment_valid[:, :, None]
         x = LocallyRecurrent(self.hidden, self.norm_eps, False, self.unroll, self.dtype,
-                             name="intra")(x)
+                             name="intra")(x, valid)
         across = jnp.swapaxes(x, 1, 2)  # [batch, K, segments, D]: recur along segments
+        valid = None if segment_valid is None else segment_valid[:, None, :]
         across = LocallyRecurrent(self.hidden, self.norm_eps, False, self.unroll, self.dtype,
-                                  name="inter")(across)
+                                  name="inter")(across, valid)
         return jnp.swapaxes(across, 1, 2)

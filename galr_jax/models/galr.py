@@ -46,6 +46,9 @@ class LocallyRecurrent(nn.Module):
 
     Shape:
       ``[batch, segments, K, D]`` -> same; the recurrence runs along axis 2.
+      ``valid``: bool, broadcastable to ``[batch, segments, K]``: the positions of a
+      padded batch that the example has at its own length (None: all). They bound the
+      gLN's statistics, and where they vary along axis 2, each sequence's real steps.
     """
 
     hidden: int
@@ -55,14 +58,18 @@ class LocallyRecurrent(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, valid: Optional[jnp.ndarray] = None) -> jnp.ndarray:
         batch, segments, length, features = x.shape
         sequences = x.reshape(batch * segments, length, features)
+        lengths = None
+        if valid is not None and valid.shape[2] > 1:
+            lengths = jnp.sum(jnp.broadcast_to(valid, x.shape[:3]), axis=2, dtype=jnp.int32)
+            lengths = lengths.reshape(batch * segments)
         y = BiLSTM(self.hidden, self.learnable_initial_state, self.unroll, self.dtype,
-                   time_major_output=True, name="lstm")(sequences)
+                   time_major_output=True, name="lstm")(sequences, lengths)
         # Projected time-major, then transposed: D features to move instead of 2H.
         y = jnp.swapaxes(Dense(features, dtype=self.dtype, name="proj")(y), 0, 1)
-        y = GlobalLayerNorm(self.norm_eps, name="norm")(y.reshape(x.shape))
+        y = GlobalLayerNorm(self.norm_eps, name="norm")(y.reshape(x.shape), valid)
         return x + y
 
 
@@ -102,7 +109,10 @@ class GloballyAttentive(nn.Module):
 
     Shape:
       ``[batch, segments, K, D]`` -> same; ``first_row`` is the global index of the
-      batch's first example (dropout masks are drawn per example).
+      batch's first example (dropout masks are drawn per example). ``segment_valid``:
+      bool ``[batch, segments]``, the segments an example has at its own length in a
+      padded batch; the others are left out of the attention keys and the gLN
+      statistics (None: all segments are real).
     """
 
     num_heads: int
@@ -115,8 +125,13 @@ class GloballyAttentive(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False,
-                 first_row: Union[int, jax.Array] = 0) -> jnp.ndarray:
+                 first_row: Union[int, jax.Array] = 0,
+                 segment_valid: Optional[jnp.ndarray] = None) -> jnp.ndarray:
         batch, segments, length, features = x.shape
+        key_valid = norm_valid = None
+        if segment_valid is not None:
+            key_valid = segment_valid[:, None, :]  # tokens are [batch, Q, segments]
+            norm_valid = segment_valid[:, :, None]  # y is [batch, segments, Q or K]
         y = x
         if self.low_dim is not None:
             y = SegmentLengthMap(self.low_dim, self.dtype, name="to_low_dim")(y)
@@ -131,29 +146,30 @@ class GloballyAttentive(nn.Module):
             # and output would be live for every block at the train step's peak (about
             # 41 MB a block for galr_1.5m at 4 s), for one more attention forward a block.
             key = self.make_rng(DROPOUT) if train and self.dropout > 0.0 else None
-            attended = apply_rematerialised(attention, tokens, train, key, first_row)
+            attended = apply_rematerialised(attention, tokens, train, key, first_row, key_valid)
         else:
-            attended = attention(tokens, train, first_row)
+            attended = attention(tokens, train, first_row, key_valid)
         residual = tokens if self.attention_residual else attended
         dropped = Dropout(self.dropout, deterministic=not train)(attended, first_row=first_row)
         tokens = LayerNorm(self.norm_eps, self.dtype, name="norm_out")(residual + dropped)
         y = jnp.swapaxes(tokens, 1, 2)  # [batch, segments, Q, D]
         norm = GlobalLayerNorm(self.norm_eps, name="norm")
         if self.low_dim is None:
-            return x + norm(y)
+            return x + norm(y, norm_valid)
         # The gLN would keep its [batch, segments, K, D] input for the backward pass, every
         # block's at once at the train step's peak (8.4 MB a block for galr_1.5m at 4 s);
         # recomputed from the Q-long y, which the Q->K map's gradient keeps anyway, it
         # costs one small product and the gLN's forward.
         return x + apply_recomputed(y, SegmentLengthMap(length, self.dtype, name="from_low_dim"),
-                                    norm)
+                                    norm, last_input=norm_valid)
 
 
 class GALRBlock(nn.Module):
     """One GALR block: :class:`LocallyRecurrent` then :class:`GloballyAttentive`.
 
     Shape:
-      ``[batch, segments, K, D]`` -> same.
+      ``[batch, segments, K, D]`` -> same; ``segment_valid`` as in
+      :class:`GloballyAttentive`.
     """
 
     hidden: int
@@ -168,10 +184,12 @@ class GALRBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False,
-                 first_row: Union[int, jax.Array] = 0) -> jnp.ndarray:
+                 first_row: Union[int, jax.Array] = 0,
+                 segment_valid: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+        valid = None if segment_valid is None else segment_valid[:, :, None]
         x = LocallyRecurrent(self.hidden, self.norm_eps, True, self.unroll, self.dtype,
-                             name="locally_recurrent")(x)
+                             name="locally_recurrent")(x, valid)
         return GloballyAttentive(self.num_heads, self.low_dim, self.dropout,
                                  self.attention_residual, self.norm_eps, self.dtype,
                                  self.recompute_attention,
-                                 name="globally_attentive")(x, train, first_row)
+                                 name="globally_attentive")(x, train, first_row, segment_valid)

@@ -8,7 +8,7 @@ reductions, which ran at a few GB/s (see ``_example_means``).
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -32,6 +32,22 @@ def _example_means(x: jnp.ndarray) -> jnp.ndarray:
     inner = rows @ jnp.ones((x.shape[-1],), x.dtype)  # [batch, rows]
     total = inner @ jnp.ones((inner.shape[1],), x.dtype)  # [batch]
     return (total / (rows.shape[1] * rows.shape[2])).reshape((-1,) + (1,) * (x.ndim - 1))
+
+
+def _masked_example_means(valid: jnp.ndarray, x: jnp.ndarray) -> jnp.ndarray:
+    """``[batch, ..., features]`` -> ``[batch, 1, ..., 1]``: each example's mean over the
+    positions where ``valid`` (bool, broadcastable to ``x.shape[:-1]``) holds.
+
+    The padded-batch statistics of the spec's "Batches with padding": segments (or frames)
+    that exist only because a shorter example was padded are left out. Summed in the same
+    two levels of products as :func:`_example_means`.
+    """
+    inner = x @ jnp.ones((x.shape[-1],), x.dtype)  # [batch, ...]
+    weights = jnp.broadcast_to(valid, inner.shape).astype(x.dtype)
+    rows = (inner * weights).reshape(x.shape[0], -1)
+    count = weights.reshape(x.shape[0], -1) @ jnp.ones((rows.shape[1],), x.dtype)
+    total = rows @ jnp.ones((rows.shape[1],), x.dtype)
+    return (total / (count * x.shape[-1])).reshape((-1,) + (1,) * (x.ndim - 1))
 
 
 def _token_means(x: jnp.ndarray) -> jnp.ndarray:
@@ -58,9 +74,10 @@ def _normalise_forward(means, x, scale, bias, epsilon):
     return y.astype(x.dtype), (x, mean, inverse_std, scale)
 
 
-def _normalise_backward(means, residuals, dy):
+def _normalise_backward(means, residuals, dy, weight=None):
     """With n = (x - mean) r and y = n s + b:
-    dx = r (dn - mean(dn) - n mean(dn n)), where dn = dy s and the means are ``means``.
+    dx = r (dn - w (mean(dn) + n mean(dn n))), where dn = dy s, the means are ``means``
+    and w (``weight``, default 1) marks the positions the statistics were taken over.
     """
     x, mean, inverse_std, scale = residuals
     # Tied to dy: untied, XLA merges this with the forward's identical expression.
@@ -69,8 +86,10 @@ def _normalise_backward(means, residuals, dy):
     d_scale = sum_over_other_axes(dy32 * normalised, (-1,))
     d_bias = sum_over_other_axes(dy32, (-1,))
     d_normalised = dy32 * scale
-    dx = inverse_std * (d_normalised - means(d_normalised)
-                        - normalised * means(d_normalised * normalised))
+    statistics = means(d_normalised) + normalised * means(d_normalised * normalised)
+    if weight is not None:
+        statistics = statistics * weight
+    dx = inverse_std * (d_normalised - statistics)
     return dx.astype(dy.dtype), d_scale, d_bias
 
 
@@ -84,6 +103,35 @@ def global_layer_norm(x: jnp.ndarray, scale: jnp.ndarray, bias: jnp.ndarray,
 global_layer_norm.defvjp(functools.partial(_normalise_forward, _example_means),
                          lambda epsilon, residuals, dy: _normalise_backward(
                              _example_means, residuals, dy))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def masked_global_layer_norm(x: jnp.ndarray, valid: jnp.ndarray, scale: jnp.ndarray,
+                             bias: jnp.ndarray, epsilon: float) -> jnp.ndarray:
+    """gLN of ``x`` ``[batch, ..., features]`` with statistics over the positions where
+    ``valid`` (bool, broadcastable to ``x.shape[:-1]``) holds; every position is
+    normalised with them."""
+    return _normalise_forward(functools.partial(_masked_example_means, valid), x, scale, bias,
+                              epsilon)[0]
+
+
+def _masked_forward(x, valid, scale, bias, epsilon):
+    y, residuals = _normalise_forward(functools.partial(_masked_example_means, valid), x, scale,
+                                      bias, epsilon)
+    return y, (residuals, valid)
+
+
+def _masked_backward(epsilon, residuals, dy):
+    residuals, valid = residuals
+    # Positions outside ``valid`` do not enter the statistics: their gradient is only the
+    # direct term r * dn, so the mean terms are weighted by ``valid``.
+    weight = valid[..., None].astype(jnp.float32)
+    dx, d_scale, d_bias = _normalise_backward(functools.partial(_masked_example_means, valid),
+                                              residuals, dy, weight)
+    return dx, None, d_scale, d_bias
+
+
+masked_global_layer_norm.defvjp(_masked_forward, _masked_backward)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -133,18 +181,25 @@ class GlobalLayerNorm(nn.Module):
     a bf16 mean over tens of thousands of elements loses the variance. The per-example
     means, forward and backward, are matrix-vector products (see ``_example_means``).
 
+    With ``valid`` the statistics span only the positions it marks: the segments or
+    frames of a padded batch that the example has at its own length (spec, "Batches with
+    padding").
+
     Attributes:
       epsilon: added to the variance (1e-5 for GALR, 1e-8 for asteroid's DPRNN).
 
     Shape:
-      ``[batch, ..., features]`` -> same shape and dtype.
+      ``[batch, ..., features]`` -> same shape and dtype; ``valid``: bool, broadcastable
+      to ``[batch, ...]`` (the input's shape without the features).
     """
 
     epsilon: float
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, valid: Optional[jnp.ndarray] = None) -> jnp.ndarray:
         features = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (features,))
         bias = self.param("bias", nn.initializers.zeros, (features,))
-        return global_layer_norm(x, scale, bias, self.epsilon)
+        if valid is None:
+            return global_layer_norm(x, scale, bias, self.epsilon)
+        return masked_global_layer_norm(x, valid, scale, bias, self.epsilon)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -22,6 +22,22 @@ def symmetric_uniform(bound: float) -> nn.initializers.Initializer:
         return jax.random.uniform(key, shape, dtype, -bound, bound)
 
     return init
+
+
+def reverse_time(x: jnp.ndarray, lengths: Optional[jnp.ndarray]) -> jnp.ndarray:
+    """Reverses each sequence of ``x`` ``[steps, sequences, ...]`` within its length.
+
+    Step t < length of a sequence goes to ``length - 1 - t``; the steps past the length
+    stay where they are, so the backward direction starts at each sequence's last real
+    step and reaches the padding only after its real steps (their outputs are padding
+    too). An involution, like ``x[::-1]``, which it is when ``lengths`` is None.
+    """
+    if lengths is None:
+        return x[::-1]
+    steps = jnp.arange(x.shape[0], dtype=lengths.dtype)[:, None]  # [steps, 1]
+    order = jnp.where(steps < lengths[None, :], lengths[None, :] - 1 - steps, steps)
+    order = order.reshape(order.shape + (1,) * (x.ndim - 2))
+    return jnp.take_along_axis(x, order, axis=0)
 
 
 def _activations(z: jnp.ndarray):
@@ -60,14 +76,16 @@ def _scan_forward(x_forward, x_backward, kernel_ih, kernel_hh, bias, h0, c0, unr
     return scan_into_own_buffers(step, (h0, c0), inputs, x_forward, unroll=unroll)[1]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
-def fused_bilstm(x, kernel_ih, kernel_hh, bias, h0, c0, unroll):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
+def fused_bilstm(x, kernel_ih, kernel_hh, bias, h0, c0, lengths, unroll):
     """Both LSTM directions in one loop, with an explicit backward pass.
 
     Args:
       x: ``[sequences, steps, features]`` inputs, in the compute dtype.
       kernel_ih: ``[2, features, 4H]``; kernel_hh: ``[2, H, 4H]``; bias: ``[2, 4H]`` float32.
       h0, c0: ``[2, sequences, H]`` float32 initial states.
+      lengths: int32 ``[sequences]``, the real steps of each sequence (the backward
+        direction starts at the last of them, :func:`reverse_time`), or None: all steps.
       unroll: ``lax.scan`` unroll factor.
 
     Returns:
@@ -80,21 +98,21 @@ def fused_bilstm(x, kernel_ih, kernel_hh, bias, h0, c0, unroll):
     separate ``[steps, sequences, 4H]`` arrays, so those products read them as plain
     matrices, without transposes.
     """
-    return _bilstm(x, kernel_ih, kernel_hh, bias, h0, c0, unroll, False)[0]
+    return _bilstm(x, kernel_ih, kernel_hh, bias, h0, c0, lengths, unroll, False)[0]
 
 
-def _bilstm(x, kernel_ih, kernel_hh, bias, h0, c0, unroll, save_residuals):
+def _bilstm(x, kernel_ih, kernel_hh, bias, h0, c0, lengths, unroll, save_residuals):
     """The layer's output and, optionally, each direction's gates and the cell states of
     every step."""
     time_major = jnp.swapaxes(x, 0, 1)  # [steps, sequences, features]
     h_forward, h_backward, *gates_and_cells = _scan_forward(
-        time_major, time_major[::-1], kernel_ih, kernel_hh, bias, h0, c0, unroll,
-        save_residuals)
-    out = jnp.concatenate([h_forward, h_backward[::-1]], axis=-1)
+        time_major, reverse_time(time_major, lengths), kernel_ih, kernel_hh, bias, h0, c0,
+        unroll, save_residuals)
+    out = jnp.concatenate([h_forward, reverse_time(h_backward, lengths)], axis=-1)
     return out.astype(kernel_hh.dtype), gates_and_cells
 
 
-def _bilstm_forward(x, kernel_ih, kernel_hh, bias, h0, c0, unroll):
+def _bilstm_forward(x, kernel_ih, kernel_hh, bias, h0, c0, lengths, unroll):
     """Forward rule of :func:`fused_bilstm`.
 
     Keeps each direction's activated gates as one ``[steps, sequences, 4H]`` array, the
@@ -104,8 +122,8 @@ def _bilstm_forward(x, kernel_ih, kernel_hh, bias, h0, c0, unroll):
     both, and the backward pass rebuilds each direction's previous states and
     time-major inputs from them (see :func:`_bilstm_backward`).
     """
-    out, gates_and_cells = _bilstm(x, kernel_ih, kernel_hh, bias, h0, c0, unroll, True)
-    return out, (x, out, kernel_ih, kernel_hh, h0, gates_and_cells)
+    out, gates_and_cells = _bilstm(x, kernel_ih, kernel_hh, bias, h0, c0, lengths, unroll, True)
+    return out, (x, out, kernel_ih, kernel_hh, h0, lengths, gates_and_cells)
 
 
 def _bilstm_backward(unroll, residuals, d_out):
@@ -121,11 +139,11 @@ def _bilstm_backward(unroll, residuals, d_out):
     free, XLA computes them in the forward pass, and each block's copies stay live until
     its backward (galr_1.5m at 4 s: 42 MB a layer).
     """
-    x, out, kernel_ih, kernel_hh, h0, (gates_forward, gates_backward, c_prevs) = residuals
+    x, out, kernel_ih, kernel_hh, h0, lengths, (gates_forward, gates_backward, c_prevs) = residuals
     compute_dtype = kernel_hh.dtype
     hidden = kernel_hh.shape[1]
     d_time_major = d_out.astype(jnp.float32)  # [steps, sequences, 2H]
-    d_outputs = (d_time_major[..., :hidden], d_time_major[::-1, :, hidden:])
+    d_outputs = (d_time_major[..., :hidden], reverse_time(d_time_major[..., hidden:], lengths))
 
     def step(carry, per_step, gates):
         dh_next, dc_next = carry
@@ -149,7 +167,7 @@ def _bilstm_backward(unroll, residuals, d_out):
     inputs = jnp.swapaxes(tied_to(x, dz[1]), 0, 1)  # [steps, sequences, features]
     # Each direction in its own time order; its state before step 0 is h0.
     own_order = ((states[:-1, :, :hidden], inputs),
-                 (states[::-1][:-1, :, hidden:], inputs[::-1]))
+                 (reverse_time(states[..., hidden:], lengths)[:-1], reverse_time(inputs, lengths)))
     d_kernel_ih, d_kernel_hh, d_bias, d_inputs = [], [], [], []
     for direction, (earlier_states, direction_inputs) in enumerate(own_order):
         # [steps, sequences, k] -> [steps * sequences, k]: contiguous, a plain reshape.
@@ -167,9 +185,9 @@ def _bilstm_backward(unroll, residuals, d_out):
                                    preferred_element_type=jnp.float32)
                         .reshape(direction_inputs.shape))
         d_bias.append(jnp.sum(dz_rows, axis=0))
-    d_x = jnp.swapaxes(d_inputs[0] + d_inputs[1][::-1], 0, 1).astype(x.dtype)
+    d_x = jnp.swapaxes(d_inputs[0] + reverse_time(d_inputs[1], lengths), 0, 1).astype(x.dtype)
     return (d_x, jnp.stack(d_kernel_ih).astype(kernel_ih.dtype),
-            jnp.stack(d_kernel_hh).astype(kernel_hh.dtype), jnp.stack(d_bias), dh0, dc0)
+            jnp.stack(d_kernel_hh).astype(kernel_hh.dtype), jnp.stack(d_bias), dh0, dc0, None)
 
 
 fused_bilstm.defvjp(_bilstm_forward, _bilstm_backward)
@@ -199,7 +217,9 @@ class BiLSTM(nn.Module):
 
     Shape:
       ``[sequences, steps, features]`` -> ``[sequences, steps, 2H]`` (forward first), or
-      ``[steps, sequences, 2H]`` with ``time_major_output``.
+      ``[steps, sequences, 2H]`` with ``time_major_output``; ``lengths``: int32
+      ``[sequences]``, each sequence's real steps (the backward direction starts at its
+      last one), or None: all steps are real.
     """
 
     hidden: int
@@ -209,7 +229,7 @@ class BiLSTM(nn.Module):
     time_major_output: bool = False
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, lengths: Optional[jnp.ndarray] = None) -> jnp.ndarray:
         hidden, gates = self.hidden, _NUM_GATES * self.hidden
         # PyTorch's nn.LSTM default, which the published GALR/DPRNN results were trained with.
         init = symmetric_uniform(hidden ** -0.5)
@@ -227,5 +247,5 @@ class BiLSTM(nn.Module):
 
         out = fused_bilstm(x.astype(self.dtype), kernel_ih.astype(self.dtype),
                            kernel_hh.astype(self.dtype), bias.astype(jnp.float32), h, c,
-                           self.unroll)
+                           lengths, self.unroll)
         return out if self.time_major_output else jnp.swapaxes(out, 0, 1)

@@ -1,7 +1,7 @@
 """Rematerialisation that happens in the backward pass, not beside the forward.
 
 One rule (:func:`recompute_in_backward`) serves a whole block (:func:`apply_rematerialised`:
-``model.remat``, and GALR's attention under ``model.recompute_attention``) and a few cheap
+``runtime.remat``, and GALR's attention under ``runtime.recompute_attention``) and a few cheap
 layers whose kept intermediates cost more memory than recomputing them costs time
 (:func:`apply_recomputed`).
 
@@ -30,12 +30,13 @@ from galr_jax.models.scheduling import tied_to
 
 def apply_rematerialised(block: nn.Module, x: jnp.ndarray, train: bool,
                          dropout_key: Optional[jax.Array],
-                         first_row: Union[int, jax.Array] = 0) -> jnp.ndarray:
-    """``block(x, train, first_row)`` whose backward pass recomputes the block's forward.
+                         first_row: Union[int, jax.Array] = 0,
+                         mask: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+    """``block(x, train, first_row, mask)`` whose backward pass recomputes the block's forward.
 
     Args:
       block: a child module of the caller (unbound, as created in ``nn.compact``);
-        called as ``block(x, train, first_row)``.
+        called as ``block(x, train, first_row, mask)``.
       x: the block's input, e.g. ``[batch, segments, K, D]``.
       train: static training flag, passed to the block.
       dropout_key: the block's ``dropout`` rng when it draws one (training with
@@ -44,20 +45,21 @@ def apply_rematerialised(block: nn.Module, x: jnp.ndarray, train: bool,
         counters gave the forward rule other masks than the primal function when the
         two were traced separately, as under ``jax.grad(jax.jit(f))``.)
       first_row: global index of the batch's first example, for the dropout masks.
+      mask: the block's validity mask of a padded batch (bool), or None.
 
     Returns:
       The block's output, same shape as ``x``.
     """
     if block.is_initializing():
-        return block(x, train, first_row)
+        return block(x, train, first_row, mask)
     template = block.clone(parent=None)  # applied functionally: the backward has no scope
 
-    def pure(x, variables, key, first_row):
+    def pure(x, variables, key, first_row, mask):
         rngs = {DROPOUT: key} if key is not None else {}
-        return template.apply({"params": variables}, x, train, first_row, rngs=rngs)
+        return template.apply({"params": variables}, x, train, first_row, mask, rngs=rngs)
 
     return recompute_in_backward(pure, x, block.variables["params"], dropout_key,
-                                 jnp.asarray(first_row, jnp.int32))
+                                 jnp.asarray(first_row, jnp.int32), mask)
 
 
 def recompute_in_backward(fn: Callable[..., jnp.ndarray], x: jnp.ndarray, *params: Any
@@ -96,7 +98,8 @@ def recompute_in_backward(fn: Callable[..., jnp.ndarray], x: jnp.ndarray, *param
     return call(x, params)
 
 
-def apply_recomputed(x: jnp.ndarray, *modules: nn.Module) -> jnp.ndarray:
+def apply_recomputed(x: jnp.ndarray, *modules: nn.Module,
+                     last_input: Optional[jnp.ndarray] = None) -> jnp.ndarray:
     """Applies ``modules`` in turn to ``x``; the backward pass recomputes their
     intermediates from ``x`` (:func:`recompute_in_backward`) instead of keeping them.
 
@@ -104,19 +107,23 @@ def apply_recomputed(x: jnp.ndarray, *modules: nn.Module) -> jnp.ndarray:
       x: the first module's input.
       modules: parameter-only child modules of the caller (unbound, as created in
         ``nn.compact``), each called as ``module(x)``; their parameters keep their names.
+      last_input: if given, a second argument of the last module (a mask).
 
     Returns:
       The last module's output.
     """
+    extra = () if last_input is None else (last_input,)
     if modules[0].is_initializing():
-        for module in modules:
+        for module in modules[:-1]:
             x = module(x)
-        return x
+        return modules[-1](x, *extra)
     templates = [module.clone(parent=None) for module in modules]
 
-    def pure(x, *params):
-        for template, variables in zip(templates, params):
-            x = template.apply({"params": variables}, x)
+    def pure(x, extra, *params):
+        for index, (template, variables) in enumerate(zip(templates, params)):
+            last = index == len(templates) - 1
+            x = template.apply({"params": variables}, x, *(extra if last else ()))
         return x
 
-    return recompute_in_backward(pure, x, *(module.variables["params"] for module in modules))
+    return recompute_in_backward(pure, x, extra,
+                                 *(module.variables["params"] for module in modules))

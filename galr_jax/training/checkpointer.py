@@ -8,13 +8,16 @@ same for both parallel backends and on any number of hosts.
 
 Failure handling:
 
-* Orbax writes a step into a temporary folder and renames it when complete, so a
-  kill during an (async) save leaves the earlier steps intact and the partial one
-  invisible.
-* On resume the newest step that restores completely is used. Newer steps that fail
-  to restore (truncated or half-deleted by hand) are moved, with a warning, into
-  ``WORKDIR/checkpoints_unreadable/`` (kept for inspection) so that later saves of
-  those step numbers do not collide with them; nothing else is touched.
+* Orbax writes a step into a temporary folder and renames it when complete (on
+  ``gs://`` it writes ``commit_success.txt`` last instead), so a kill during an
+  (async) save leaves the earlier steps intact and the partial one unfinalized.
+* On resume the newest finalized step is restored. Unfinalized steps, the only ones
+  Orbax itself marks incomplete, are skipped with a warning and left in place (Orbax
+  replaces such a folder when it saves that step again).
+* A finalized step that fails to restore (an I/O or network error, out of memory,
+  damaged files) stops the run with :class:`CheckpointError` naming the step folder
+  and the error. Nothing is moved or deleted and no older step is used instead: the
+  fault may be transient, and an older step would silently discard training.
 * A save that fails (disk full, read-only) raises :class:`CheckpointError` naming
   the step and the folder; completed earlier steps are not affected. Orbax's own
   reports of it are kept to one line each, without the tracebacks of its threads.
@@ -25,24 +28,20 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import sys
-import time
 import traceback
 from typing import Any, Mapping, NamedTuple, Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from jax.experimental import multihost_utils
 
 from galr_jax import checkpoints
 from galr_jax.checkpoints import META, PARAMS, TRAIN_STATE, CheckpointError
-from galr_jax.config import Config, ConfigError, config_from_dict, config_to_dict
+from galr_jax.config import Config, ConfigError, config_from_saved, config_to_dict, saved_config_dict
 from galr_jax.training.optim import PlateauSchedule
 from galr_jax.training.state import TrainState
 
-UNREADABLE_SUBDIR = "checkpoints_unreadable"
 # The best checkpoint (by validation SI-SNRi) is kept besides the newest ones.
 KEEP_BEST = 1
 
@@ -162,8 +161,14 @@ def _model_difference(saved: Mapping[str, Any], given: Mapping[str, Any]) -> Opt
 
 
 def check_model_config(saved: Mapping[str, Any], config: Config, where: str) -> None:
-    """Raises ConfigError if a saved config's model section differs from ``config``'s."""
-    saved_model = config_to_dict(config_from_dict(saved))["model"]
+    """Raises ConfigError if a saved config's architecture differs from ``config``'s.
+
+    Only the ``model`` section is compared: runtime, data, train and eval settings may
+    change between runs of one workdir. ``saved`` is parsed leniently
+    (:func:`~galr_jax.config.config_from_saved`), so a saved config of an older version
+    is still compared.
+    """
+    saved_model = config_to_dict(config_from_saved(saved, where))["model"]
     difference = _model_difference(saved_model, config_to_dict(config)["model"])
     if difference:
         raise ConfigError(
@@ -177,12 +182,13 @@ class TrainCheckpointer:
     Args:
       workdir: the run's folder; steps go to ``workdir/checkpoints``.
       config: the run config (saved in each step's meta; its model must match on resume).
+        ``workdir`` may be any :mod:`etils.epath` location (``gs://...``).
       abstract_state: shapes and dtypes of :class:`TrainState` (``abstract_train_state``).
     """
 
-    def __init__(self, workdir: str, config: Config, abstract_state: TrainState):
-        self.workdir = os.path.abspath(workdir)
-        self.directory = os.path.join(self.workdir, checkpoints.CHECKPOINT_SUBDIR)
+    def __init__(self, workdir: checkpoints.PathLike, config: Config, abstract_state: TrainState):
+        self.workdir = checkpoints.as_path(workdir)
+        self.directory = self.workdir / checkpoints.CHECKPOINT_SUBDIR
         self.config = config
         self._abstract = abstract_state
         self._manager = self._open_manager()
@@ -198,7 +204,7 @@ class TrainCheckpointer:
 
     def _restore_step(self, step: int) -> Restored:
         meta = self._manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
-        check_model_config(meta["config"], self.config, f"{self.directory}/{step}")
+        check_model_config(meta["config"], self.config, f"{self.directory / str(step)}")
         schedule_target = {k: np.zeros((), np.float64) for k in PlateauSchedule().state_dict()}
         target = {
             "opt_state": _numpy_target(self._abstract.opt_state),
@@ -216,7 +222,7 @@ class TrainCheckpointer:
         }))
         train_state = items[TRAIN_STATE]
         if int(train_state["step"]) != step:
-            raise CheckpointError(f"{self.directory}/{step}: holds step {int(train_state['step'])}")
+            raise CheckpointError(f"{self.directory / str(step)}: holds step {int(train_state['step'])}")
         state = TrainState(step=train_state["step"], params=items[PARAMS]["params"],
                            opt_state=train_state["opt_state"], rng=train_state["rng"],
                            skipped_steps=train_state["skipped_steps"],
@@ -227,51 +233,33 @@ class TrainCheckpointer:
         return Restored(state, schedule, position, dict(meta.get("metrics") or {}))
 
     def restore_latest(self) -> Optional[Restored]:
-        """The newest step that restores completely, or None for a fresh run.
-
-        Steps newer than it that fail to restore are moved aside with a warning.
+        """The newest finalized step, or None for a fresh run.
 
         Raises:
-          ConfigError: the checkpoint was written for another model config.
-          CheckpointError: steps exist but none of them can be restored.
+          ConfigError: the checkpoint was written for another architecture.
+          CheckpointError: the newest finalized step cannot be read; the message names
+            its folder and the underlying error, and every file is left where it is.
         """
-        failures = []
-        for step in reversed(self.steps()):
-            try:
-                restored = self._restore_step(step)
-            except (ConfigError, CheckpointError):
-                raise
-            except Exception as e:  # truncated, half-deleted or foreign files
-                failures.append((step, f"{type(e).__name__}: {e}"))
-                continue
-            self._set_aside([s for s, _ in failures])
-            for bad, reason in failures:
-                log.warning("checkpoint step %d in %s is unreadable (%s); resuming from step %d",
-                            bad, self.directory, reason, step)
-            return restored
-        if failures:
-            raise CheckpointError(
-                f"{self.directory}: no checkpoint can be restored ("
-                + "; ".join(f"step {s}: {r}" for s, r in failures)
-                + "); move the folder away to start afresh")
-        return None
-
-    def _set_aside(self, steps: list[int]) -> None:
-        """Moves unreadable step folders to ``checkpoints_unreadable/`` (primary process)."""
+        steps = self.steps()
+        self._report_unfinalized(steps[-1] if steps else None)
         if not steps:
-            return
-        if jax.process_index() == 0:
-            aside = os.path.join(self.workdir, UNREADABLE_SUBDIR)
-            os.makedirs(aside, exist_ok=True)
-            for step in steps:
-                target = os.path.join(aside, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
-                shutil.move(os.path.join(self.directory, str(step)), target)
-                log.warning("moved unreadable checkpoint step %d to %s", step, target)
-        if jax.process_count() > 1:
-            multihost_utils.sync_global_devices("galr_jax checkpoint set aside")
-        # The manager caches the step list; reopen it to forget the moved steps.
-        self._manager.close()
-        self._manager = self._open_manager()
+            return None
+        step = steps[-1]
+        try:
+            return self._restore_step(step)
+        except (ConfigError, CheckpointError):
+            raise
+        except Exception as e:  # noqa: BLE001 -- every failure is reported, none is guessed at
+            raise checkpoints.unreadable_step_error(self.directory, step, e) from e
+
+    def _report_unfinalized(self, resume_step: Optional[int]) -> None:
+        """Warns about step folders Orbax never finalized (saves cut short by a kill)."""
+        names = sorted(ocp.step.tmp_checkpoints(self.directory))
+        if names:
+            start = (f"resuming from step {resume_step}" if resume_step is not None
+                     else "no finalized step, starting afresh")
+            log.warning("%s: skipping %s, which Orbax never finalized (a save cut short); %s",
+                        self.directory, ", ".join(names), start)
 
     def save(self, state: TrainState, schedule: PlateauSchedule, data_position: Mapping[str, int],
              metrics: Optional[Mapping[str, float]] = None) -> None:
@@ -290,7 +278,7 @@ class TrainCheckpointer:
         if step in self._manager.all_steps():
             return
         finite = {k: float(v) for k, v in (metrics or {}).items() if math.isfinite(float(v))}
-        meta = {"step": step, "config": config_to_dict(self.config), "metrics": finite}
+        meta = {"step": step, "config": saved_config_dict(self.config), "metrics": finite}
         ranked = finite if checkpoints.BEST_METRIC in finite else None
         try:
             self._manager.save(step, args=ocp.args.Composite(**{

@@ -49,7 +49,7 @@ def batch_loss(model: SeparationModel, params: Any, batch: Batch, key: Optional[
       model: the separation model.
       params: its ``params`` collection.
       batch: ``mixture [b, T]``, ``sources [b, C, T]`` and optionally ``lengths [b]``
-        (valid samples; zero padding past them is ignored by the loss).
+        (valid samples of rows padded to T: the model and the loss ignore the padding).
       key: the step's dropout key, the same on every device; unused (may be None)
         when the model has no dropout.
       first_row: global index of this device's first row.
@@ -61,9 +61,10 @@ def batch_loss(model: SeparationModel, params: Any, batch: Batch, key: Optional[
     # front of every scan's stacked outputs, which XLA then transposes (demo config on
     # two CPU devices: 2.8 steps/s under vmap, 3.2 without).
     rngs = {DROPOUT: key} if model.uses_dropout else {}
+    lengths = batch.get("lengths")
     estimates = model.apply({"params": params}, batch["mixture"], train=True,
-                            first_row=first_row, rngs=rngs)
-    loss, _ = losses.pit_neg_si_snr(estimates, batch["sources"], batch.get("lengths"))
+                            first_row=first_row, lengths=lengths, rngs=rngs)
+    loss, _ = losses.pit_neg_si_snr(estimates, batch["sources"], lengths)
     return jnp.mean(loss)
 
 

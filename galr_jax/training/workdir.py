@@ -1,16 +1,22 @@
 """The run folder: checked writable before any compile, with its config and versions.
 
-``WORKDIR/config.yaml`` holds the full config of the run (defaults included) and
-``WORKDIR/versions.json`` the software and devices it ran with. A second start with
-the same workdir resumes the run: its model section must equal the saved one (a clear
-error otherwise); other sections may change (for instance more ``train.num_steps``)
-and the differences are logged.
+``WORKDIR/config.yaml`` holds the full config of the run (defaults included, with
+its schema version) and ``WORKDIR/versions.json`` the software and devices it ran
+with. A second start with the same workdir resumes the run: its architecture (the
+``model`` section) must equal the saved one (a clear error otherwise); the other
+sections may change (more ``train.num_steps``, ``runtime.remat=true`` after an out of
+memory) and the differences are logged. The saved config is read leniently
+(:func:`galr_jax.config.config_from_saved`), so a workdir of an older version resumes.
+
+The workdir is an :mod:`etils.epath` path: ``gs://bucket/run`` works where the
+installed file-system support does (``gcsfs``, or TensorFlow's ``tf.io.gfile``).
 """
 
 from __future__ import annotations
 
 import errno
 import importlib.metadata
+import io
 import json
 import logging
 import os
@@ -21,8 +27,10 @@ from typing import Any
 
 import jax
 import yaml
+from etils import epath
 
-from galr_jax.config import Config, config_from_dict, config_to_dict, save_config
+from galr_jax.checkpoints import PathLike, as_path
+from galr_jax.config import Config, config_from_saved, config_to_dict, save_config
 from galr_jax.training.checkpointer import check_model_config
 
 CONFIG_FILE = "config.yaml"
@@ -38,16 +46,25 @@ class WorkdirError(OSError):
     """The workdir cannot be created or written; the message names it and the reason."""
 
 
-def _check_writable(workdir: str) -> None:
+# Bytes written by the probe: enough to need a data block, not just an inode.
+_PROBE_BYTES = 4096
+
+
+def _check_writable(workdir: epath.Path) -> None:
     """Creates ``workdir`` and writes a probe file, so a full or read-only disk fails now."""
-    probe = os.path.join(workdir, f".write-probe-{os.getpid()}")
+    probe = workdir / f".write-probe-{os.getpid()}"
     try:
-        os.makedirs(workdir, exist_ok=True)
-        with open(probe, "wb") as f:
-            f.write(b"\0" * 4096)
+        workdir.mkdir(parents=True, exist_ok=True)
+        with probe.open("wb") as f:
+            f.write(b"\0" * _PROBE_BYTES)
             f.flush()
-            os.fsync(f.fileno())
-        os.remove(probe)
+            try:
+                descriptor = f.fileno()
+            except (AttributeError, io.UnsupportedOperation):
+                descriptor = None  # an object store: closing the file uploads it
+            if descriptor is not None:  # a local file: make the disk take the bytes now
+                os.fsync(descriptor)
+        probe.unlink()
     except OSError as e:
         reason = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
                   errno.EACCES: "permission denied", errno.EDQUOT: "the disk quota is exceeded",
@@ -82,28 +99,29 @@ def _changed_fields(old: dict, new: dict) -> list[str]:
             if old.get(section, {}).get(key) != value]
 
 
-def prepare_workdir(workdir: str, config: Config) -> bool:
+def prepare_workdir(workdir: PathLike, config: Config) -> bool:
     """Checks and fills the run folder; returns True if it belongs to an earlier run.
 
     Raises:
       WorkdirError: the folder cannot be created or written.
-      ConfigError: an earlier run in this folder used another model config.
+      ConfigError: an earlier run in this folder used another architecture, or its
+        saved config has an unknown architecture key.
     """
-    workdir = os.path.abspath(workdir)
-    config_path = os.path.join(workdir, CONFIG_FILE)
-    resuming = os.path.exists(config_path)
+    workdir = as_path(workdir)
+    config_path = workdir / CONFIG_FILE
+    resuming = config_path.exists()
     if resuming:
-        with open(config_path) as f:
-            saved = yaml.safe_load(f) or {}
-        check_model_config(saved, config, config_path)
-        changes = _changed_fields(config_to_dict(config_from_dict(saved)), config_to_dict(config))
+        saved = yaml.safe_load(config_path.read_text()) or {}
+        check_model_config(saved, config, str(config_path))
+        changes = _changed_fields(config_to_dict(config_from_saved(saved, str(config_path))),
+                                  config_to_dict(config))
         if changes:
             log.warning("resuming %s with changed settings: %s", workdir, "; ".join(changes))
     if jax.process_index() == 0:
         _check_writable(workdir)
         save_config(config, config_path)
-        versions_path = os.path.join(workdir, VERSIONS_FILE)
-        with open(f"{versions_path}.tmp", "w") as f:
-            json.dump(software_versions(), f, indent=2)
-        os.replace(f"{versions_path}.tmp", versions_path)
+        versions_path = workdir / VERSIONS_FILE
+        tmp = workdir / f"{VERSIONS_FILE}.tmp"
+        tmp.write_text(json.dumps(software_versions(), indent=2))
+        tmp.replace(versions_path)
     return resuming
