@@ -8,6 +8,10 @@
         NaN, then a finite one. Saves params and metrics after each.
     python tests/training_workers.py indivisible-batch
         Prints the error for a global batch of 6 on the current devices.
+    python tests/training_workers.py learn NUM_STEPS OUT.npz
+        Trains a tiny GALR with the real step (pmap on one device, Adam) on a fixed
+        synthetic set for NUM_STEPS steps, twice from the same seed; saves the set's mean
+        SI-SNRi before and after each run.
     python tests/training_workers.py multihost CONFIG WORKDIR OUT.npz [--coordinator-address ...]
         Runs train_and_evaluate (joining jax.distributed when flags are given) and
         saves this process's final params.
@@ -114,6 +118,62 @@ def indivisible_batch() -> None:
         print(f"ConfigError: {e}")
 
 
+# The learning test's set: a few 0.5 s two-source mixtures, the whole set one batch.
+LEARN_UTTERANCES = 4
+LEARN_SECONDS = 0.5
+LEARN_SEED = 0
+
+
+def learning_set() -> dict:
+    """Fixed mixtures of two synthetic harmonic sources (no files, same on every call)."""
+    from training_helpers import SAMPLE_RATE, synthetic_source
+    rng = np.random.default_rng(LEARN_SEED)
+    num_samples = int(LEARN_SECONDS * SAMPLE_RATE)
+    sources = np.stack([np.stack([synthetic_source(rng, num_samples) for _ in range(2)])
+                        for _ in range(LEARN_UTTERANCES)])
+    return {"mixture": sources.sum(axis=1), "sources": sources}
+
+
+def learn(num_steps: int, out: str) -> None:
+    import jax
+    from galr_jax.config import config_from_dict
+    from galr_jax.metrics import si_snr_improvement
+    from galr_jax.models import build_model
+    from galr_jax.training import (create_train_state, make_data_parallel, make_learning_rate_fn,
+                                   make_optimizer, train_step)
+    from training_helpers import LEARNING_MODEL, LEARNING_RATE
+
+    config = config_from_dict({"model": LEARNING_MODEL,
+                               "train": {"batch_size": LEARN_UTTERANCES,
+                                         "learning_rate": LEARNING_RATE}})
+    model = build_model(config)
+    optimizer = make_optimizer(config.train)
+    step_fn = functools.partial(train_step, model=model, optimizer=optimizer,
+                                learning_rate_fn=make_learning_rate_fn(config.train, 1))
+    parallel = make_data_parallel(config.train.parallel, step_fn, LEARN_UTTERANCES)
+    batch = learning_set()
+
+    @jax.jit
+    def mean_si_snri(params):
+        estimates = model.apply({"params": params}, batch["mixture"])
+        return si_snr_improvement(estimates, batch["sources"], batch["mixture"]).si_snri.mean()
+
+    results = {}
+    # Two runs from the same seed in one process: the figure the test thresholds must not
+    # depend on anything but the seed (no state left over between runs).
+    for run in range(2):
+        initial = create_train_state(model, optimizer, seed=config.train.seed)
+        state = parallel.put_state(initial)
+        for _ in range(num_steps):
+            state, metrics = parallel.step(state, parallel.put_batch(batch), 1.0)
+        final = parallel.get_state(state)
+        results[f"run{run}/initial_si_snri"] = np.asarray(mean_si_snri(initial.params))
+        results[f"run{run}/final_si_snri"] = np.asarray(mean_si_snri(final.params))
+        results[f"run{run}/final_loss"] = np.asarray(parallel.get_metrics(metrics)["loss"])
+        results[f"run{run}/skipped_steps"] = np.asarray(final.skipped_steps)
+    np.savez(out, **results)
+
+
 def multihost(config_path: str, workdir: str, out: str, argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--coordinator-address")
@@ -137,6 +197,8 @@ if __name__ == "__main__":
         step_behaviour(sys.argv[2])
     elif command == "indivisible-batch":
         indivisible_batch()
+    elif command == "learn":
+        learn(int(sys.argv[2]), sys.argv[3])
     elif command == "multihost":
         multihost(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:])
     else:
