@@ -25,7 +25,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
-# Neither imports jax: --help stays fast, and the allocator is set before XLA starts.
+# None of these imports jax: --help stays fast, and the allocator is set before XLA starts.
+from galr_jax.cli_logging import configure_logging
 from galr_jax.config import ConfigError, add_override_argument, load_config
 from galr_jax.host_memory import keep_freed_memory
 
@@ -66,7 +67,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     keep_freed_memory()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file it writes
+    configure_logging(logging.WARNING)  # Orbax logs every file it writes
     # Imported after parsing so --help is fast; jax must not touch devices before
     # jax.distributed.initialize.
     from galr_jax.checkpoints import CheckpointError
