@@ -25,9 +25,10 @@ import os
 import sys
 from typing import Optional, Sequence
 
-# Neither imports jax: --help stays fast, and the allocator is set before XLA starts.
+# None of these imports jax, so --help stays fast.
+from galr_jax.cli_logging import configure_logging
 from galr_jax.config import ConfigError, add_override_argument, load_config
-from galr_jax.host_memory import keep_freed_memory
+from galr_jax.host_memory import keep_freed_memory_on_cpu
 
 EXIT_DIVERGED = 1
 EXIT_BAD_INPUT = 2
@@ -64,9 +65,8 @@ def report_error(error: Exception) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    keep_freed_memory()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file it writes
+    configure_logging(logging.WARNING)  # Orbax logs every file it writes
     # Imported after parsing so --help is fast; jax must not touch devices before
     # jax.distributed.initialize.
     from galr_jax.checkpoints import CheckpointError
@@ -78,6 +78,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         config = load_config(args.config, args.overrides)
         initialize_distributed(args.coordinator_address, args.num_processes, args.process_id,
                                auto_detect=args.distributed_auto)
+        keep_freed_memory_on_cpu()  # before the first computation, once the backend is known
         result = train_and_evaluate(config, args.workdir)
     except TrainingDiverged as e:
         report_error(e)

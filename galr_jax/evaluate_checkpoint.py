@@ -41,6 +41,7 @@ import numpy as np
 import galr_jax
 from galr_jax import evaluation, metrics
 from galr_jax.checkpoints import CheckpointError, parse_which, restore_variables
+from galr_jax.cli_logging import configure_logging
 from galr_jax.config import (Config, ConfigError, add_override_argument, config_from_dict,
                              config_to_dict, load_config)
 from galr_jax.data import DatasetError, UtteranceReader, open_split
@@ -258,7 +259,7 @@ def evaluate_checkpoint(config: Config, variables: Any, meta: dict, split: str, 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs ``eval.py``; returns the exit status (2 for a usage, config or data error)."""
     args = _parse_args(argv)
-    logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax's read-only notices
+    configure_logging(logging.ERROR)  # Orbax's read-only notices
     try:
         config, variables, meta = load_for_eval(args)
         split = args.split or config.data.test_split

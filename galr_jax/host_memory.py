@@ -11,9 +11,11 @@ zeroes them: gigabytes per train step (XLA's peak estimate for galr_1.5m at 4 s 
 The settings: one arena (every thread allocates from the main heap), no ``mmap``
 for any size, and no trimming, so freed memory stays in the process. The resident
 set then stays at its high-water mark. A training process reaches that mark on
-every step anyway. ``train.py`` and the training benchmarks apply the settings.
-Inference does not: separating a recording was no faster with them, and over an
-hour of chunks the heap grew by 680 MB.
+every step anyway. ``train.py`` applies the settings when JAX computes on the CPU
+(:func:`keep_freed_memory_on_cpu`; on a GPU or TPU the host holds no step buffers, so
+they would only keep memory), and so do the CPU training benchmarks. Inference does
+not: separating a recording was no faster with them, and over an hour of chunks the
+heap grew by 680 MB.
 
 Only glibc has these knobs; elsewhere (macOS, musl) this does nothing. Set
 ``GALR_JAX_SYSTEM_MALLOC=1`` to keep the system defaults.
@@ -70,3 +72,22 @@ def keep_freed_memory() -> bool:
                    for parameter, value in _SETTINGS)
     _log.debug("glibc malloc tuned for XLA's per-call buffers: %s", _applied)
     return _applied
+
+
+def keep_freed_memory_on_cpu() -> bool:
+    """:func:`keep_freed_memory` if JAX's default backend is the CPU; returns whether
+    the settings are in effect.
+
+    It starts JAX's backends to ask, so call it after ``jax.distributed.initialize``
+    (which must come first) and before the first computation. Starting the backend
+    allocates in the calling thread only; XLA's worker threads allocate when the
+    first computation runs, under the settings (``tests/test_host_memory.py`` checks
+    this order).
+    """
+    import jax  # here, not above: importing this module must not start JAX
+
+    backend = jax.default_backend()
+    if backend != "cpu":
+        _log.debug("glibc malloc left at its defaults: JAX computes on %s", backend)
+        return False
+    return keep_freed_memory()

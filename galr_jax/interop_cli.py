@@ -34,6 +34,7 @@ import torch
 from galr_jax import losses
 from galr_jax.checkpoints import (CheckpointError, parse_which, restore_variables,
                                   save_variables)
+from galr_jax.cli_logging import configure_logging
 from galr_jax.config import ConfigError, add_override_argument, load_config, save_config
 from galr_jax.convert import ConversionError, flax_to_torch, torch_to_flax
 from galr_jax.data.audio import AudioError, read_audio
@@ -210,7 +211,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs the CLI; returns the exit status (2 on any error, with a one-line message)."""
     args = _parser().parse_args(argv)
-    logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax's read-only notices
+    configure_logging(logging.ERROR)  # Orbax's read-only notices
     try:
         return args.run(args)
     except (ConversionError, CheckpointError, ConfigError, AudioError, FileNotFoundError,

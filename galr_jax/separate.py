@@ -35,6 +35,7 @@ import soundfile as sf
 import tqdm
 
 from galr_jax.checkpoints import CheckpointError, parse_which
+from galr_jax.cli_logging import configure_logging
 from galr_jax.config import COMPUTE_DTYPE_NAMES
 from galr_jax.data.audio import AudioError
 from galr_jax.inference.separator import SeparationError, Separator
@@ -160,7 +161,7 @@ def _separate_one(separator: Separator, path: str, destinations: list[str], args
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs the CLI; returns the exit status."""
     args = _parse_args(argv)
-    logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax's read-only notices
+    configure_logging(logging.ERROR)  # Orbax's read-only notices
     files, problems = expand_inputs(args.inputs)
     failures = [f"{item}: {problem}" for item, problem in problems]
     try:

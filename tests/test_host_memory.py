@@ -18,14 +18,13 @@ PAGE_BYTES = 4096
 PAGES_PER_BUFFER = BUFFER_MB * 1024 * 1024 // PAGE_BYTES
 CALLS = 24
 
-# Calls a jitted function whose 64 MB output is dropped after each call. Prints whether
-# the settings are in effect, how many pages the main heap grew by after the first
-# (compiling) call, and the page faults of each later call.
-PROBE = f"""
+# Applies the settings as SETUP says, then calls a jitted function whose 64 MB output is
+# dropped after each call. Prints whether the settings are in effect, how many pages the
+# main heap grew by after the first (compiling) call, and the page faults of each later call.
+PROBE_TEMPLATE = f"""
 import ctypes, resource, sys
 sys.path.insert(0, {REPO!r})
-from galr_jax.host_memory import keep_freed_memory
-applied = keep_freed_memory()
+SETUP
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in
@@ -45,6 +44,18 @@ for _ in range({CALLS} - 1):
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 print(applied, (libc.mallinfo2().arena - heap_before) // {PAGE_BYTES}, *faults)
 """
+# Before JAX is imported, as the benchmarks do.
+PROBE = PROBE_TEMPLATE.replace("SETUP", """
+from galr_jax.host_memory import keep_freed_memory
+applied = keep_freed_memory()
+""")
+# As train.py does: the training package imported and JAX's backend started (to learn
+# that it is the CPU) before the settings.
+TRAIN_PY_PROBE = PROBE_TEMPLATE.replace("SETUP", """
+import galr_jax.training
+from galr_jax.host_memory import keep_freed_memory_on_cpu
+applied = keep_freed_memory_on_cpu()
+""")
 
 # The probe reads the heap's size with mallinfo2, which glibc has had since 2.33.
 needs_glibc = pytest.mark.skipif(
@@ -52,8 +63,8 @@ needs_glibc = pytest.mark.skipif(
     reason="mallopt's settings exist only in glibc (and mallinfo2 from glibc 2.33)")
 
 
-def _probe(**env):
-    result = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
+def _probe(probe=PROBE, **env):
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                             timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu", **env})
     assert result.returncode == 0, result.stderr
     applied, heap_growth, *faults = result.stdout.split()
@@ -61,8 +72,9 @@ def _probe(**env):
 
 
 @needs_glibc
-def test_every_page_faulted_in_is_heap_the_process_keeps():
-    applied, heap_growth, faults = _probe()
+@pytest.mark.parametrize("probe", [PROBE, TRAIN_PY_PROBE], ids=["before-jax", "as-train-py"])
+def test_every_page_faulted_in_is_heap_the_process_keeps(probe):
+    applied, heap_growth, faults = _probe(probe)
     assert applied
     # A call faults pages in only where the heap grows: when an earlier output's
     # memory comes back only after the next call has allocated (on a busy machine), or

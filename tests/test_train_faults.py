@@ -272,12 +272,16 @@ def _add_loud_utterance(data_root):
                         subtype="FLOAT")
 
 
-def test_non_finite_steps_are_skipped_counted_and_training_continues(setup, tmp_path):
+# Metrics fetched after every step, and every 4 steps (the loop's sync points then
+# report the steps in between).
+@pytest.mark.parametrize("log_every", [1, 4])
+def test_non_finite_steps_are_skipped_counted_and_training_continues(setup, tmp_path, log_every):
     """Case 5: NaN/Inf from the data -> those updates are skipped, counted and logged."""
     data = shutil.copytree(setup["data"], tmp_path / "data")
     _add_loud_utterance(str(data))
     workdir = tmp_path / "run"
-    code, output = _run(setup, workdir, [f"data.root={data}", "train.max_consecutive_skips=5"])
+    code, output = _run(setup, workdir, [f"data.root={data}", "train.max_consecutive_skips=5",
+                                         f"train.log_every={log_every}"])
     assert code == 0, output[-3000:]
     from galr_jax.config import load_config
     from galr_jax.data import make_train_loader, open_split
@@ -308,6 +312,27 @@ def test_consecutive_non_finite_steps_stop_with_a_clear_message(setup, tmp_path)
     assert step == kept[-1] and all(np.all(np.isfinite(v)) for v in params.values())
     records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     assert records[-1]["skipped_steps"] >= 3 and records[-1]["loss"] is None
+
+
+def test_divergence_is_reported_at_the_step_that_reached_the_limit_between_sync_points(
+        setup, tmp_path):
+    """The loop reads the skip counters only every train.log_every steps: the stop still
+    names the step that reached train.max_consecutive_skips, and that step's count,
+    as a run that reads them after every step does, and nothing past it is saved."""
+    common = ["train.learning_rate=1e30", "train.max_consecutive_skips=3",
+              f"train.checkpoint_every={NUM_STEPS}"]
+    stops = {}
+    for log_every in (1, NUM_STEPS - 1):
+        workdir = tmp_path / f"log-every-{log_every}"
+        code, output = _run(setup, workdir, common + [f"train.log_every={log_every}"])
+        assert code == 1, output[-3000:]
+        message = [line for line in output.splitlines() if line.startswith("train.py: ")]
+        assert message and "3 consecutive steps had a non-finite loss" in message[0], output[-3000:]
+        records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+        assert records[-1]["step"] < log_every or log_every == 1, records
+        assert _complete_steps(workdir) == []
+        stops[log_every] = (message[0], records[-1]["step"], records[-1]["skipped_steps"])
+    assert stops[1] == stops[NUM_STEPS - 1], stops
 
 
 def test_resuming_with_another_model_config_is_a_clear_error(setup, reference):

@@ -19,17 +19,16 @@ Failure handling:
   and the error. Nothing is moved or deleted and no older step is used instead: the
   fault may be transient, and an older step would silently discard training.
 * A save that fails (disk full, read-only) raises :class:`CheckpointError` naming
-  the step and the folder; completed earlier steps are not affected. Orbax's own
-  reports of it are kept to one line each, without the tracebacks of its threads.
+  the step and the folder; completed earlier steps are not affected. The command
+  lines keep Orbax's own reports of it to one line each
+  (:func:`galr_jax.cli_logging.configure_logging`); importing this module changes no
+  logging.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-import sys
-import traceback
 from typing import Any, Mapping, NamedTuple, Optional
 
 import jax
@@ -46,80 +45,6 @@ from galr_jax.training.state import TrainState
 KEEP_BEST = 1
 
 log = logging.getLogger(__name__)
-
-
-class _NoUnrankedSaveWarning(logging.Filter):
-    """Drops Orbax's warning for saves without metrics.
-
-    Only validation steps carry ``val_si_snri``; the steps saved in between are meant
-    to be kept by recency alone, so the warning would fire at every such save.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "did not provide metrics" not in record.getMessage()
-
-
-class _OneLineSaveErrors(logging.Filter):
-    """Keeps Orbax's log lines about a failed asynchronous save but drops their tracebacks.
-
-    The failure reaches the user as :class:`CheckpointError` at the next save or wait,
-    naming the folder, the error and the last complete step; the tracebacks of Orbax's
-    save threads (five per failed save) only added screenfuls of its internals before it.
-    """
-
-    # The messages Orbax logs with a traceback when a background write fails.
-    MESSAGES = ("_SignalingThread.run() raised an exception",
-                "in background save thread", "Save Finalize thread")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and any(m in record.getMessage() for m in self.MESSAGES):
-            record.exc_info = record.exc_text = None
-        return True
-
-
-class _NoUnretrievedSaveErrors(logging.Filter):
-    """Drops asyncio's "exception was never retrieved" reports of Orbax's write futures.
-
-    After a failed save, every array write that failed with it is reported again, with
-    its traceback, when its future is garbage-collected (often after the run's own
-    error message); the error itself is in that message already.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if "exception was never retrieved" not in record.getMessage() or not record.exc_info:
-            return True
-        frames = traceback.extract_tb(record.exc_info[2])
-        return not any(f"{os.sep}orbax{os.sep}" in frame.filename for frame in frames)
-
-
-logging.getLogger("absl").addFilter(_NoUnrankedSaveWarning())
-logging.getLogger("absl").addFilter(_OneLineSaveErrors())
-logging.getLogger("asyncio").addFilter(_NoUnretrievedSaveErrors())
-
-
-def _is_late_write_callback(unraisable) -> bool:
-    """A TensorStore write completing after Orbax closed the event loop of a failed save."""
-    if not (isinstance(unraisable.exc_value, RuntimeError)
-            and str(unraisable.exc_value) == "Event loop is closed"):
-        return False
-    frames = traceback.extract_tb(unraisable.exc_traceback)
-    return any(frame.name == "call_soon_threadsafe" for frame in frames)
-
-
-def _install_unraisable_filter() -> None:
-    """Silences :func:`_is_late_write_callback` errors, which Python would print with a
-    traceback each (dozens per failed save); every other unraisable error still goes to
-    the hook installed before."""
-    previous = sys.unraisablehook
-
-    def hook(unraisable):
-        if not _is_late_write_callback(unraisable):
-            previous(unraisable)
-
-    sys.unraisablehook = hook
-
-
-_install_unraisable_filter()
 
 
 class Restored(NamedTuple):

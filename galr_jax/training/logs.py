@@ -116,7 +116,7 @@ class MetricLogger:
 
 
 class Progress:
-    """tqdm bar over the run's steps showing steps/s and the latest loss.
+    """tqdm bar over the run's steps showing steps/s and the latest fetched loss.
 
     Args:
       start_step, num_steps: the range of this run's steps.
@@ -128,9 +128,14 @@ class Progress:
                               desc="train", unit="step", dynamic_ncols=True)
 
     def update(self, loss: Optional[float] = None) -> None:
+        """Advances one step (and shows ``loss`` if given)."""
         if loss is not None:
-            self._bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+            self.show_loss(loss)
         self._bar.update(1)
+
+    def show_loss(self, loss: float) -> None:
+        """Shows the loss of the newest step the host has fetched."""
+        self._bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 
     def write(self, message: str) -> None:
         """Prints a line above the bar."""

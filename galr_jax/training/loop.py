@@ -9,6 +9,18 @@ Exactness of a resumed run: the batch of step ``s`` is a pure function of
 step, and the checkpoint holds every other piece of state (parameters, optimizer
 state, skip counters, plateau schedule). A run restarted from the checkpoint of step
 ``s`` therefore computes exactly what the uninterrupted run computed after ``s``.
+
+Keeping the devices busy: the host never waits for the step it has just dispatched.
+Each batch is placed on the devices one step ahead, and the steps' metrics stay on the
+devices until a *sync point*: a ``train.log_every`` step, a validation or checkpoint
+step, a preemption, or the last step. There the metrics of every step since the last
+sync point come back in one transfer and the host makes its per-step decisions for
+each of them, in order: the skip messages, the log window, and the
+``train.max_consecutive_skips`` stop. The non-finite skip itself happens inside the
+step, so a step after a non-finite one never uses its update. The stop is reported at
+the step that reached the limit, as before; the device may have run up to
+``log_every - 1`` steps past it by then, whose results are thrown away (nothing after
+that step is logged or saved, since every save is a sync point).
 """
 
 from __future__ import annotations
@@ -23,11 +35,12 @@ import jax
 
 from galr_jax.config import Config
 from galr_jax.data import make_train_loader, open_split
+from galr_jax.data.prefetch import prefetch_to_device
 from galr_jax.models import build_model
 from galr_jax.training.checkpointer import TrainCheckpointer
 from galr_jax.training.logs import MetricLogger, Progress, WindowAverage
 from galr_jax.training.optim import PlateauSchedule, make_learning_rate_fn, make_optimizer
-from galr_jax.training.parallel import check_batch_size, make_data_parallel
+from galr_jax.training.parallel import PendingMetrics, check_batch_size, make_data_parallel
 from galr_jax.training.preemption import PreemptionWatcher
 from galr_jax.training.state import abstract_train_state, create_train_state
 from galr_jax.training.step import train_step
@@ -35,6 +48,9 @@ from galr_jax.training.validation import Validator
 from galr_jax.training.workdir import prepare_workdir
 
 INDEX_SUBDIR = "index"  # cached length index of the splits
+# Batches placed on the devices ahead of the step that takes them: the next step's
+# batch is in transfer while the current step runs.
+DEVICE_PREFETCH = 2
 
 log = logging.getLogger(__name__)
 
@@ -139,23 +155,41 @@ def train_and_evaluate(config: Config, workdir: str) -> TrainResult:
     logger = MetricLogger(workdir, start, enabled=primary, tensorboard=t.tensorboard)
     progress = Progress(start, t.num_steps, enabled=primary)
     window = WindowAverage()
+    pending = PendingMetrics(parallel)
     status, validation, step = "completed", {}, start
     try:
         with PreemptionWatcher() as preemption, loader, \
-                loader.iterate(start, t.num_steps - start) as batches:
+                loader.iterate(start, t.num_steps - start) as host_batches:
+            batches = prefetch_to_device(host_batches, parallel.put_batch, DEVICE_PREFETCH)
             for step in range(start + 1, t.num_steps + 1):
-                state, device_metrics = parallel.step(state, parallel.put_batch(next(batches)),
-                                                      schedule.scale)
-                metrics = parallel.get_metrics(device_metrics)
-                window.add({k: metrics[k] for k in ("loss", "grad_norm", "learning_rate")})
-                progress.update(metrics["loss"])
-                if metrics["skipped"]:
-                    progress.write(f"step {step}: non-finite loss or gradient, update skipped "
-                                   f"({metrics['consecutive_skips']} in a row, "
-                                   f"{metrics['skipped_steps']} in total)")
-                diverged = metrics["consecutive_skips"] >= t.max_consecutive_skips
-                validate = not diverged and (step % eval_every == 0 or step == t.num_steps)
-                if step % t.log_every == 0 or validate or diverged:
+                state, device_metrics = parallel.step(state, next(batches), schedule.scale)
+                pending.add(device_metrics)
+                progress.update()
+                log_due = step % t.log_every == 0
+                validate = step % eval_every == 0 or step == t.num_steps
+                checkpoint_due = step % t.checkpoint_every == 0
+                preempted = preemption.should_stop(step)
+                if not (log_due or validate or checkpoint_due or preempted):
+                    continue
+
+                # ---- Sync point: the per-step decisions of the steps since the last one.
+                first = step - len(pending) + 1
+                for at, metrics in enumerate(pending.fetch(), first):
+                    window.add({k: metrics[k] for k in ("loss", "grad_norm", "learning_rate")})
+                    if metrics["skipped"]:
+                        progress.write(f"step {at}: non-finite loss or gradient, update skipped "
+                                       f"({metrics['consecutive_skips']} in a row, "
+                                       f"{metrics['skipped_steps']} in total)")
+                    if metrics["consecutive_skips"] >= t.max_consecutive_skips:
+                        logger.write(at, {"loss": None, **window.summary(),
+                                          "skipped_steps": metrics["skipped_steps"],
+                                          "skipped_files": len(loader.load_problems)})
+                        checkpointer.wait()
+                        raise TrainingDiverged(_divergence_message(
+                            at, metrics, t.max_consecutive_skips, checkpointer))
+                progress.show_loss(metrics["loss"])
+
+                if log_due or validate:
                     record = {"loss": None, **window.summary(),
                               "skipped_steps": metrics["skipped_steps"],
                               "skipped_files": len(loader.load_problems)}
@@ -166,13 +200,8 @@ def train_and_evaluate(config: Config, workdir: str) -> TrainResult:
                         progress.write(f"step {step}: val_si_snri {validation['val_si_snri']:.2f} dB")
                     logger.write(step, record)
                     window.reset()  # after validation, so steps_per_second is training only
-                if diverged:
-                    checkpointer.wait()
-                    raise TrainingDiverged(_divergence_message(step, metrics, t.max_consecutive_skips,
-                                                               checkpointer))
                 early_stop = validate and schedule.should_stop(t)
-                preempted = preemption.should_stop(step)
-                if validate or step % t.checkpoint_every == 0 or early_stop or preempted:
+                if validate or checkpoint_due or early_stop or preempted:
                     save(validation if validate else None)
                 if preempted or early_stop:
                     status = "preempted" if preempted else "early_stopped"

@@ -11,12 +11,18 @@ Two backends run the same :func:`galr_jax.training.step.train_step`:
 In both, the global batch of ``train.batch_size`` rows is split evenly over the
 devices; process ``p`` supplies the rows of its own devices, which are contiguous in
 ``jax.devices()`` order (rows ``p * B / P`` to ``(p + 1) * B / P``).
+
+Keeping the devices busy: :meth:`DataParallel.put_batch` starts the transfer of a
+batch in the layout the compiled step takes, so the loop can place batch ``N + 1``
+while step ``N`` runs (:func:`galr_jax.data.prefetch.prefetch_to_device`), and
+:class:`PendingMetrics` holds the steps' metrics on the devices until the loop needs
+them, fetching many steps in one transfer.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -84,7 +90,8 @@ class DataParallel(abc.ABC):
 
     @abc.abstractmethod
     def put_batch(self, batch: HostBatch) -> Any:
-        """Places this process's rows of a batch on its devices."""
+        """Starts placing this process's rows of a batch on its devices, in the layout
+        :meth:`step` takes (the transfer runs while the host goes on)."""
 
     @abc.abstractmethod
     def step(self, state: TrainState, batch: Any, lr_scale: float) -> tuple[TrainState, Any]:
@@ -95,8 +102,17 @@ class DataParallel(abc.ABC):
         return jax.tree.map(_first_replica, state)
 
     def get_metrics(self, metrics: Any) -> dict[str, float]:
-        """Device metrics of :meth:`step` as Python numbers."""
-        return {k: _first_replica(v).reshape(-1)[0].item() for k, v in metrics.items()}
+        """Device metrics of :meth:`step` as Python numbers (waits for that step)."""
+        return self.fetch_metrics([metrics])[0]
+
+    def fetch_metrics(self, steps: Sequence[Any]) -> list[dict[str, float]]:
+        """The device metrics of several steps as Python numbers, in one transfer."""
+        # One replica of each (replicated) scalar: on several hosts the whole array is
+        # not addressable, and one copy is all the host needs.
+        replicas = [{k: v.addressable_shards[0].data for k, v in metrics.items()}
+                    for metrics in steps]
+        return [{k: np.asarray(v).reshape(-1)[0].item() for k, v in metrics.items()}
+                for metrics in jax.device_get(replicas)]
 
 
 class PmapParallel(DataParallel):
@@ -108,6 +124,10 @@ class PmapParallel(DataParallel):
         self._compiled = jax.pmap(step_fn, axis_name=DATA_AXIS, in_axes=(0, 0, None),
                                   donate_argnums=(0,))
         self._place = jax.pmap(lambda x: x, axis_name=DATA_AXIS)
+        # The layout pmap gives its mapped inputs: the leading axis over this process's
+        # devices, in jax.local_devices() order. A batch placed so is taken as it is.
+        self._local_rows = NamedSharding(Mesh(np.array(jax.local_devices()), (DATA_AXIS,)),
+                                         PartitionSpec(DATA_AXIS))
 
     def put_state(self, state: TrainState) -> TrainState:
         stacked = jax.tree.map(lambda x: np.stack([np.asarray(x)] * self._num_local), state)
@@ -115,8 +135,10 @@ class PmapParallel(DataParallel):
 
     def put_batch(self, batch: HostBatch) -> Any:
         self._check_batch(batch)
-        return {k: np.asarray(v).reshape((self._num_local, self.per_device_batch) + v.shape[1:])
-                for k, v in batch.items()}
+        return jax.device_put(
+            {k: np.asarray(v).reshape((self._num_local, self.per_device_batch) + v.shape[1:])
+             for k, v in batch.items()},
+            self._local_rows)
 
     def step(self, state, batch, lr_scale):
         return self._compiled(state, batch, np.float32(lr_scale))
@@ -138,6 +160,7 @@ class ShardMapParallel(DataParallel):
                                in_specs=(PartitionSpec(), PartitionSpec(DATA_AXIS), PartitionSpec()),
                                out_specs=PartitionSpec())
         self._compiled = jax.jit(mapped, donate_argnums=(0,))
+        self._lr_scale: tuple[float, jax.Array] | None = None  # the last one placed
 
     def put_state(self, state: TrainState) -> TrainState:
         return jax.tree.map(
@@ -151,8 +174,44 @@ class ShardMapParallel(DataParallel):
                 for k, v in batch.items()}
 
     def step(self, state, batch, lr_scale):
-        lr_scale = jax.make_array_from_process_local_data(self._replicated, np.float32(lr_scale))
-        return self._compiled(state, batch, lr_scale)
+        # The plateau scale changes only at validations: place it on the devices then,
+        # not at every step.
+        if self._lr_scale is None or self._lr_scale[0] != lr_scale:
+            self._lr_scale = (lr_scale, jax.make_array_from_process_local_data(
+                self._replicated, np.float32(lr_scale)))
+        return self._compiled(state, batch, self._lr_scale[1])
+
+
+class PendingMetrics:
+    """The device metrics of the steps run since the last :meth:`fetch`.
+
+    Holding them on the devices lets the host queue the next step without waiting for
+    the current one. :meth:`add` still bounds how far the host runs ahead: it waits for
+    the step before the one just added, so at most ``STEPS_IN_FLIGHT`` steps (their
+    batches and buffers) are queued on the devices, while the device always has the
+    next step waiting when one ends.
+    """
+
+    STEPS_IN_FLIGHT = 2
+
+    def __init__(self, parallel: DataParallel):
+        self._parallel = parallel
+        self._steps: list[Any] = []
+
+    def __len__(self) -> int:
+        return len(self._steps)
+
+    def add(self, metrics: Any) -> None:
+        """Holds the metrics of the step just dispatched."""
+        self._steps.append(metrics)
+        if len(self._steps) >= self.STEPS_IN_FLIGHT:
+            jax.block_until_ready(self._steps[-self.STEPS_IN_FLIGHT])
+
+    def fetch(self) -> list[dict[str, float]]:
+        """The held steps' metrics as Python numbers, oldest first, in one transfer;
+        empties the buffer."""
+        steps, self._steps = self._steps, []
+        return self._parallel.fetch_metrics(steps) if steps else []
 
 
 BACKENDS = {"pmap": PmapParallel, "shard_map": ShardMapParallel}
