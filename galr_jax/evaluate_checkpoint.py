@@ -32,15 +32,18 @@ import logging
 import os
 import platform
 import sys
+import tempfile
 import time
 from typing import Any, Iterator, Optional, Sequence
 
 import jax
 import numpy as np
+from etils import epath
 
 import galr_jax
 from galr_jax import evaluation, metrics
-from galr_jax.checkpoints import CheckpointError, parse_which, restore_variables
+from galr_jax.checkpoints import (CheckpointError, PathLike, as_path, parse_which,
+                                  restore_variables)
 from galr_jax.cli_logging import configure_logging
 from galr_jax.config import (Config, ConfigError, add_override_argument, config_from_dict,
                              config_to_dict, load_config)
@@ -119,14 +122,23 @@ def _remember_first(utterances, count: int, kept: list) -> Iterator[tuple]:
 
 
 def save_examples(apply: BatchedApply, examples: list, records: dict, config: Config,
-                  out_dir: str) -> None:
+                  out_dir: PathLike) -> None:
     """Writes mixture, references and estimates (in reference order) of some utterances.
 
     The estimates are recomputed with the padded shape scoring used, so they are the
-    ones that were scored.
+    ones that were scored. For a cloud ``out_dir`` each file is written locally, then
+    copied.
     """
-    folder = os.path.join(out_dir, AUDIO_SUBDIR)
-    os.makedirs(folder, exist_ok=True)
+    folder = as_path(out_dir) / AUDIO_SUBDIR
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as local:
+        _write_examples(apply, examples, records, config, local)
+        for name in sorted(os.listdir(local)):
+            epath.Path(local, name).copy(folder / name, overwrite=True)
+
+
+def _write_examples(apply: BatchedApply, examples: list, records: dict, config: Config,
+                    folder: str) -> None:
     rate = config.model.sample_rate
     buckets = evaluation.buckets_in_samples(config.eval.bucket_seconds, rate)
     rows = evaluation.padded_batch_size(config.eval.batch_size, apply.num_devices)
@@ -148,14 +160,14 @@ def save_examples(apply: BatchedApply, examples: list, records: dict, config: Co
                         overwrite=True)
 
 
-def _atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
+def _atomic_write(path: PathLike, text: str) -> None:
+    path = as_path(path)
+    tmp = path.parent / f"{path.name}.tmp"
+    tmp.write_text(text)
+    tmp.rename(path)
 
 
-def write_csv(path: str, records: Sequence[dict]) -> None:
+def write_csv(path: PathLike, records: Sequence[dict]) -> None:
     """One row per utterance: id, length, the metrics present, permutation."""
     columns = ["id", "length"] + [m for m in METRIC_COLUMNS if records and m in records[0]]
     buffer = io.StringIO()
@@ -229,8 +241,9 @@ def evaluate_checkpoint(config: Config, variables: Any, meta: dict, split: str, 
     if not result.records:
         raise DatasetError(f"{dataset.name}: no utterance could be read; {len(skipped)} bad "
                            f"file(s), first: {skipped[0] if skipped else 'none'}")
-    os.makedirs(out_dir, exist_ok=True)
-    write_csv(os.path.join(out_dir, CSV_NAME), result.records)
+    out_dir = as_path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_csv(out_dir / CSV_NAME, result.records)
     if examples:
         save_examples(apply, examples, {r["id"]: r for r in result.records}, config, out_dir)
     summary = {name[:-len("_mean")]: value for name, value in result.summary.items()
@@ -252,7 +265,7 @@ def evaluate_checkpoint(config: Config, variables: Any, meta: dict, split: str, 
         "versions": _versions(),
         "config": config_to_dict(config),
     })
-    _atomic_write(os.path.join(out_dir, SUMMARY_NAME), json.dumps(summary, indent=2) + "\n")
+    _atomic_write(out_dir / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -263,19 +276,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         config, variables, meta = load_for_eval(args)
         split = args.split or config.data.test_split
-        out_dir = args.out or os.path.join(args.workdir, EVAL_SUBDIR, split)
+        out_dir = as_path(args.out or as_path(args.workdir) / EVAL_SUBDIR / split)
+        cache_root = as_path(args.workdir) if args.workdir else out_dir
         save_audio = config.eval.save_audio_examples if args.save_audio is None else args.save_audio
         summary = evaluate_checkpoint(
             config, variables, meta, split, out_dir,
-            cache_dir=os.path.join(args.workdir or out_dir, INDEX_SUBDIR),
+            # The length index stats local audio; its cache stays local (none for a URL).
+            cache_dir=None if "://" in str(cache_root) else str(cache_root / INDEX_SUBDIR),
             compute_sdr=not args.no_sdr, perceptual=not args.no_perceptual,
             save_audio=save_audio, max_utterances=args.max_utterances,
-            checkpoint=os.path.abspath(args.workdir or args.checkpoint), progress=not args.quiet)
+            checkpoint=str(as_path(args.workdir or args.checkpoint)), progress=not args.quiet)
     except (CheckpointError, ConfigError, DatasetError, AudioError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR
     print(f"{split}: step {summary['step']}, {summary['count']} utterances"
           + (f", {summary['skipped']} skipped (bad files)" if summary["skipped"] else ""))
     print(format_table(summary))
-    print(f"wrote {os.path.join(out_dir, CSV_NAME)} and {SUMMARY_NAME}")
+    print(f"wrote {out_dir / CSV_NAME} and {SUMMARY_NAME}")
     return 0

@@ -11,22 +11,36 @@ purge them too, so both show one clean curve.
 
 TensorBoard uses ``tensorboardX``: it writes the event files with protobuf alone,
 with no TensorFlow dependency (the ``tensorboard`` package is only needed to view
-them). It is imported only when enabled (``train.tensorboard``), because it also
-imports PyTorch when that is installed, which costs seconds at start-up.
+them), to local folders and to ``gs://`` itself. It is imported only when enabled
+(``train.tensorboard``), because it also imports PyTorch when that is installed, which
+costs seconds at start-up.
+
+Paths are :mod:`etils.epath` paths, so a workdir may be a cloud URL. Object stores
+cannot append to a file: there the JSONL file is kept in memory and rewritten whole,
+at most every ``REMOTE_UPLOAD_SECONDS`` and when the logger closes (so a killed run
+may lose the last minute of records; its checkpoints are unaffected).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from typing import Any, Mapping, Optional
 
 import tqdm
+from etils import epath
+
+from galr_jax.checkpoints import PathLike, as_path
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_SUBDIR = "tensorboard"
+REMOTE_UPLOAD_SECONDS = 60.0  # a cloud workdir's metrics.jsonl is rewritten at most this often
+
+
+def is_remote(path: epath.Path) -> bool:
+    """Whether ``path`` is a URL (``gs://...``) rather than a local path."""
+    return "://" in str(path)
 
 
 def _json_number(value: Any) -> Any:
@@ -35,21 +49,19 @@ def _json_number(value: Any) -> Any:
     return value
 
 
-def read_metrics(workdir: str) -> list[dict[str, Any]]:
+def read_metrics(workdir: PathLike) -> list[dict[str, Any]]:
     """The records of ``workdir/metrics.jsonl`` (empty if there is none)."""
-    path = os.path.join(workdir, METRICS_FILE)
-    if not os.path.exists(path):
+    path = as_path(workdir) / METRICS_FILE
+    if not path.exists():
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _drop_records_after(path: str, step: int) -> None:
-    """Rewrites ``path`` without records past ``step`` (atomically)."""
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        lines = f.readlines()
+def _kept_records(path: epath.Path, step: int) -> tuple[list[str], bool]:
+    """The lines of ``path`` up to ``step``, and whether any line was dropped."""
+    if not path.exists():
+        return [], False
+    lines = path.read_text().splitlines(keepends=True)
     kept = []
     for line in lines:
         try:
@@ -58,12 +70,13 @@ def _drop_records_after(path: str, step: int) -> None:
             continue
         if record.get("step", 0) <= step:
             kept.append(json.dumps(record) + "\n")
-    if len(kept) == len(lines):
-        return
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.writelines(kept)
-    os.replace(tmp, path)
+    return kept, len(kept) != len(lines)
+
+
+def _write_atomically(path: epath.Path, text: str) -> None:
+    tmp = path.parent / f"{path.name}.tmp"
+    tmp.write_text(text)
+    tmp.rename(path)  # a replace, on local disks and object stores alike
 
 
 class MetricLogger:
@@ -76,29 +89,47 @@ class MetricLogger:
       tensorboard: also write TensorBoard scalars to ``workdir/tensorboard``.
     """
 
-    def __init__(self, workdir: str, start_step: int, enabled: bool = True,
+    def __init__(self, workdir: PathLike, start_step: int, enabled: bool = True,
                  tensorboard: bool = True):
         self.enabled = enabled
-        self._path = os.path.join(workdir, METRICS_FILE)
+        workdir = as_path(workdir)
+        self._path = workdir / METRICS_FILE
         self._file = None
         self._writer = None
+        self._remote_lines: Optional[list[str]] = None  # a cloud workdir's records
+        self._uploaded = 0.0
         if not enabled:
             return
-        _drop_records_after(self._path, start_step)
-        self._file = open(self._path, "a")
+        kept, dropped = _kept_records(self._path, start_step)
+        if is_remote(self._path):
+            self._remote_lines = kept
+        else:
+            if dropped:
+                _write_atomically(self._path, "".join(kept))
+            self._file = self._path.open("a")
         if tensorboard:
             import tensorboardX
             self._writer = tensorboardX.SummaryWriter(
-                os.path.join(workdir, TENSORBOARD_SUBDIR),
+                str(workdir / TENSORBOARD_SUBDIR),
                 purge_step=start_step + 1 if start_step else None)
+
+    def _upload(self, force: bool) -> None:
+        now = time.monotonic()
+        if force or now - self._uploaded >= REMOTE_UPLOAD_SECONDS:
+            _write_atomically(self._path, "".join(self._remote_lines))
+            self._uploaded = now
 
     def write(self, step: int, record: Mapping[str, Any]) -> None:
         """Appends one record (flushed, so a kill loses at most the line being written)."""
         if not self.enabled:
             return
         line = {"step": int(step), **{k: _json_number(v) for k, v in record.items()}}
-        self._file.write(json.dumps(line) + "\n")
-        self._file.flush()
+        if self._remote_lines is not None:
+            self._remote_lines.append(json.dumps(line) + "\n")
+            self._upload(force=False)
+        else:
+            self._file.write(json.dumps(line) + "\n")
+            self._file.flush()
         if self._writer is None:
             return
         for name, value in record.items():
@@ -110,6 +141,9 @@ class MetricLogger:
         if self._file is not None:
             self._file.close()
             self._file = None
+        if self._remote_lines is not None:
+            self._upload(force=True)
+            self._remote_lines = None
         if self._writer is not None:
             self._writer.close()
             self._writer = None

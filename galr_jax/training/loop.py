@@ -28,17 +28,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import os
 from typing import Any, Optional
 
 import jax
 
+from galr_jax.checkpoints import as_path
 from galr_jax.config import Config
 from galr_jax.data import make_train_loader, open_split
 from galr_jax.data.prefetch import prefetch_to_device
 from galr_jax.models import build_model
 from galr_jax.training.checkpointer import TrainCheckpointer
-from galr_jax.training.logs import MetricLogger, Progress, WindowAverage
+from galr_jax.training.logs import MetricLogger, Progress, WindowAverage, is_remote
 from galr_jax.training.optim import PlateauSchedule, make_learning_rate_fn, make_optimizer
 from galr_jax.training.parallel import PendingMetrics, check_batch_size, make_data_parallel
 from galr_jax.training.preemption import PreemptionWatcher
@@ -101,7 +101,7 @@ def train_and_evaluate(config: Config, workdir: str) -> TrainResult:
       TrainingDiverged: ``train.max_consecutive_skips`` non-finite steps in a row.
     """
     t = config.train
-    workdir = os.path.abspath(workdir)
+    workdir = as_path(workdir)  # local and absolute, or a cloud URL kept as given
     primary = jax.process_index() == 0
     check_batch_size(t.batch_size, jax.device_count())
 
@@ -109,7 +109,9 @@ def train_and_evaluate(config: Config, workdir: str) -> TrainResult:
     prepare_workdir(workdir, config)
 
     # ---- Input pipeline ------------------------------------------------------------
-    cache_dir = os.path.join(workdir, INDEX_SUBDIR)
+    # The length index stats every audio file, which are local (a bucket is mounted,
+    # see galr_jax.data.datasets); its cache stays local too: none for a cloud workdir.
+    cache_dir = None if is_remote(workdir) else str(workdir / INDEX_SUBDIR)
     num_sources = config.model.num_sources
     train_set = open_split(config.data, config.data.train_split, num_sources, cache_dir)
     valid_set = open_split(config.data, config.data.valid_split, num_sources, cache_dir)
