@@ -109,6 +109,12 @@ class DataConfig:
     stereo: str = "error"  # error | downmix (average the channels, with a warning)
     dynamic_mixing: bool = False  # remix clean sources of different utterances on the fly
     dynamic_mixing_gain_db: float = 2.5  # each remixed source gets a gain uniform in [-g, g] dB
+    # Augmentation of dynamically mixed examples (galr_jax/data/augment.py); zeros disable.
+    augment_speed: float = 0.0  # per source: speed factor uniform in [1 - s, 1 + s]
+    augment_gain_db: float = 0.0  # per example: one gain uniform in [-g, g] dB
+    augment_band_prob: float = 0.0  # per source: probability of a random band-limit
+    augment_reverb_prob: float = 0.0  # per example: probability of a simulated room
+    augment_rooms: int = 64  # simulated rooms, computed once from train.seed
     num_workers: int = 2  # decoding threads; 0 decodes in the consumer's thread
     prefetch: int = 4  # batches decoded ahead
 
@@ -373,6 +379,12 @@ def validate(config: Config) -> Config:
     if d.dynamic_mixing_gain_db < 0:
         raise ConfigError(
             f"data.dynamic_mixing_gain_db: must be 0 or more, got {d.dynamic_mixing_gain_db}")
+    # Imported here: the data package pulls in soxr and scipy, which reading a config needs not.
+    from galr_jax.data.augment import augment_config
+    try:
+        augment_config(d).check()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     e = config.eval
     for name in ("batch_size", "chunk_batch_size"):
         if getattr(e, name) <= 0:

@@ -17,15 +17,20 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[dev]"
 
+# Recorded speech: the Asterisk prompts (the demo data) and the other packages the real-voice
+# pool uses (python -m galr_jax.data.pool; it reports which it found). Failure is tolerated:
+# the builders fall back to what is present and say so.
 SPEECH_PACKAGES="asterisk-core-sounds-en-wav asterisk-core-sounds-fr-wav asterisk-core-sounds-it-wav
-asterisk-core-sounds-ru-wav asterisk-prompt-it-menardi-wav asterisk-prompt-es-co asterisk-prompt-fr-armelle"
-if [ -d /usr/share/asterisk/sounds ]; then
+asterisk-core-sounds-ru-wav asterisk-core-sounds-es-wav asterisk-prompt-it-menardi-wav
+asterisk-prompt-es-co asterisk-prompt-fr-armelle klettres-data ktuberling-data kajongg
+codec2-examples festvox-ru pocketsphinx-testdata"
+if [ -d /usr/share/asterisk/sounds ] && [ -d /usr/share/klettres ] && [ -d /usr/share/codec2 ]; then
   :
 elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  echo "Installing recorded speech for the demo data (Debian asterisk sound packages)..."
+  echo "Installing recorded speech (Debian packages: Asterisk prompts, klettres, ktuberling, kajongg, codec2, festvox-ru, pocketsphinx)..."
   # shellcheck disable=SC2086
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $SPEECH_PACKAGES >/dev/null) \
-    || echo "warning: could not install the asterisk sound packages; the demo data will use synthetic voices only" >&2
+    || echo "warning: could not install the speech packages; the demo data will use synthetic voices only" >&2
 else
   echo "note: not root; the demo data will use synthetic voices only (see README, 'Demo data')" >&2
 fi

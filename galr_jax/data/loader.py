@@ -29,6 +29,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from galr_jax.data.audio import AudioError
+from galr_jax.data.augment import Augmenter, augment_config
 from galr_jax.data.datasets import BAD_FILE_POLICIES, DatasetError, MixtureDataset
 from galr_jax.data.prefetch import OrderedPrefetcher
 
@@ -69,6 +70,8 @@ class TrainLoader:
         replaced by the next utterance of the epoch order and listed in
         ``load_problems``; with ``'error'`` the AudioError reaches the consumer.
         The replacement is deterministic, so resumption stays exact.
+      augmenter: with dynamic mixing, augments each example's sources (speed, band,
+        reverberation, level) from a generator seeded by the example's own generator.
       num_workers, prefetch: decoding threads and batches decoded ahead.
       process_index, process_count: this process's slice of the global batch.
       steps_per_epoch: 0 for one pass over the usable utterances (remainder dropped);
@@ -85,6 +88,7 @@ class TrainLoader:
     def __init__(self, dataset: MixtureDataset, *, batch_size: int, crop_samples: int, seed: int,
                  short_utterances: str = "pad", dynamic_mixing: bool = False,
                  dynamic_mixing_gain_db: float = 2.5, bad_files: str = "skip",
+                 augmenter: Optional[Augmenter] = None,
                  num_workers: int = 2, prefetch: int = 4, process_index: int = 0,
                  process_count: int = 1, steps_per_epoch: int = 0):
         if short_utterances not in SHORT_POLICIES:
@@ -106,6 +110,7 @@ class TrainLoader:
         self.dynamic_mixing = dynamic_mixing
         self.dynamic_mixing_gain_db = dynamic_mixing_gain_db
         self.bad_files = bad_files
+        self.augmenter = augmenter if augmenter is not None and augmenter.config.enabled else None
         self.num_workers = num_workers
         self.prefetch = prefetch
         self.process_index = process_index
@@ -167,11 +172,13 @@ class TrainLoader:
         with self._lock:
             self.load_problems.append((error.path, error.problem))
 
-    def _crop_window(self, rng: np.random.Generator, utterance: int) -> tuple[int, int]:
+    def _crop_window(self, rng: np.random.Generator, utterance: int,
+                     frames: Optional[int] = None) -> tuple[int, int]:
+        frames = frames or self.crop_samples
         length = int(self.dataset.lengths[utterance])
-        if length <= self.crop_samples:
+        if length <= frames:
             return 0, length
-        return int(rng.integers(0, length - self.crop_samples + 1)), self.crop_samples
+        return int(rng.integers(0, length - frames + 1)), frames
 
     def _fit(self, signal: np.ndarray) -> np.ndarray:
         """Zero-pads the time axis (last) at the end to T."""
@@ -200,12 +207,24 @@ class TrainLoader:
         chosen = [first] + [int(self._usable[o + (o >= skip)]) for o in others]
         gains = _db_to_gain(rng.uniform(-self.dynamic_mixing_gain_db,
                                         self.dynamic_mixing_gain_db, self.num_sources))
-        crops = [self._mixed_source(rng, chosen, slot) for slot in range(self.num_sources)]
+        if self.augmenter is None:
+            crops = [self._mixed_source(rng, chosen, slot) for slot in range(self.num_sources)]
+        else:
+            # Its own generator, seeded from the example's: a pure function of the step.
+            augment_rng = np.random.default_rng(int(rng.integers(2 ** 63)))
+            factors = self.augmenter.speed_factors(augment_rng)
+            crops = [self._mixed_source(rng, chosen, slot,
+                                        self.augmenter.frames_to_read(self.crop_samples, f))
+                     for slot, f in enumerate(factors)]
+            crops, level = self.augmenter.apply(augment_rng, crops, factors)
+            crops = [crop[:self.crop_samples] for crop in crops]
+            gains = gains * level
         sources = np.stack([self._fit(crop) * np.float32(gain)
                             for crop, gain in zip(crops, gains)]).astype(np.float32)
         return sources.sum(axis=0), sources, max(crop.shape[-1] for crop in crops)
 
-    def _mixed_source(self, rng, chosen: list[int], slot: int) -> np.ndarray:
+    def _mixed_source(self, rng, chosen: list[int], slot: int,
+                      frames: Optional[int] = None) -> np.ndarray:
         """A crop of one random clean source of ``chosen[slot]``, or of a replacement."""
         position = int(np.searchsorted(self._usable, chosen[slot]))
         for attempt in range(self.num_usable):
@@ -213,9 +232,9 @@ class TrainLoader:
             if attempt and utterance in chosen:
                 continue
             channel = int(rng.integers(self.num_sources))
-            start, frames = self._crop_window(rng, utterance)
+            start, count = self._crop_window(rng, utterance, frames)
             try:
-                source = self.dataset.load_source(utterance, channel, start, frames)
+                source = self.dataset.load_source(utterance, channel, start, count)
             except AudioError as e:
                 self._record(e)
                 continue
@@ -297,6 +316,8 @@ def make_train_loader(config, dataset: MixtureDataset, *, process_index: int = 0
         crop_samples=int(round(data.crop_seconds * data.sample_rate)), seed=train.seed,
         short_utterances=data.short_utterances, dynamic_mixing=data.dynamic_mixing,
         dynamic_mixing_gain_db=data.dynamic_mixing_gain_db, bad_files=data.bad_files,
+        augmenter=Augmenter(augment_config(data), sample_rate=data.sample_rate,
+                            num_sources=dataset.num_sources, seed=train.seed),
         num_workers=data.num_workers, prefetch=data.prefetch, process_index=process_index,
         process_count=process_count, steps_per_epoch=train.steps_per_epoch)
 

@@ -31,6 +31,7 @@ from galr_jax.evaluation import (bucket_length, buckets_in_samples, model_length
 from galr_jax.inference.apply import BatchedApply
 from galr_jax.inference.audio_io import SourceWriter, open_input
 from galr_jax.inference.chunking import OverlapAddStitcher, iter_chunks
+from galr_jax.inference.level import rescale_to_mixture
 
 PathLike = Union[str, os.PathLike]
 
@@ -127,7 +128,8 @@ class Separator:
         padded[0, :length] = samples
         lengths = np.zeros((self._apply.num_devices,), np.int32)
         lengths[0] = length  # the model leaves the bucket's padding out
-        return self._apply(padded, model_lengths(lengths, padded_length))[0, :, :length]
+        estimates = self._apply(padded, model_lengths(lengths, padded_length))[0, :, :length]
+        return rescale_to_mixture(estimates, samples)
 
     def _run_batch(self, batch: list, stitcher: OverlapAddStitcher) -> Iterator[np.ndarray]:
         inputs = np.zeros((self.batch_size, self.chunk_samples), np.float32)
@@ -135,7 +137,7 @@ class Separator:
             inputs[row] = samples
         estimates = self._apply(inputs)
         for row, (start, _) in enumerate(batch):
-            yield stitcher.add(start, estimates[row])
+            yield stitcher.add(start, rescale_to_mixture(estimates[row], inputs[row]))
 
     def separate_blocks(self, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """Streaming separation: mono blocks in, separated blocks out.
