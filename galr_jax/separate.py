@@ -5,6 +5,7 @@ Usage::
     python -m galr_jax.separate --workdir runs/demo mix1.wav recordings/ "calls/*.flac" \
         --out separated/
     galr-separate --workdir runs/demo long_meeting.wav --out separated/ --pcm16
+    galr-separate --exported galr.jaxexport mix1.wav --out separated/   # see galr-export
 
 For every input ``NAME.ext`` it writes ``OUT/NAME_s1.wav``, ``OUT/NAME_s2.wav``, ...
 Inputs are files, directories (searched recursively for audio files; symlinked folders
@@ -36,7 +37,7 @@ import tqdm
 
 from galr_jax.checkpoints import CheckpointError, parse_which
 from galr_jax.cli_logging import configure_logging
-from galr_jax.config import COMPUTE_DTYPE_NAMES
+from galr_jax.config import COMPUTE_DTYPE_NAMES, config_from_saved
 from galr_jax.data.audio import AudioError
 from galr_jax.inference.separator import SeparationError, Separator
 
@@ -102,8 +103,10 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="audio files, directories or glob patterns")
-    parser.add_argument("--workdir", required=True,
-                        help="training workdir or checkpoint directory with the weights")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--workdir", help="training workdir or checkpoint directory with the weights")
+    source.add_argument("--exported", metavar="FILE",
+                        help="a galr-export file instead (runs without the model code)")
     parser.add_argument("--out", required=True, help="output directory (created if missing)")
     parser.add_argument("--which", default="best",
                         help="checkpoint: best (default), latest or a step number")
@@ -158,6 +161,21 @@ def _separate_one(separator: Separator, path: str, destinations: list[str], args
             bar.close()
 
 
+def _exported_separator(args) -> Separator:
+    from galr_jax.exported import load
+
+    if args.compute_dtype:
+        raise ValueError("--compute-dtype: an exported model's dtype was fixed by galr-export")
+    model = load(args.exported)
+    separator = Separator(config_from_saved(model.config, args.exported), None,
+                          chunk_seconds=args.chunk_seconds, overlap_seconds=args.overlap_seconds,
+                          batch_size=args.batch_size, apply=model)
+    if model.max_samples is not None and separator.chunk_samples > model.max_samples:
+        raise ValueError(f"{args.exported}: chunks of {separator.chunk_samples} samples are "
+                         f"longer than its longest exported length ({model.max_samples})")
+    return separator
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs the CLI; returns the exit status."""
     args = _parse_args(argv)
@@ -165,11 +183,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     files, problems = expand_inputs(args.inputs)
     failures = [f"{item}: {problem}" for item, problem in problems]
     try:
-        separator = Separator.from_checkpoint(args.workdir, parse_which(args.which),
-                                              chunk_seconds=args.chunk_seconds,
-                                              overlap_seconds=args.overlap_seconds,
-                                              batch_size=args.batch_size,
-                                              compute_dtype=args.compute_dtype)
+        separator = _exported_separator(args) if args.exported else Separator.from_checkpoint(
+            args.workdir, parse_which(args.which), chunk_seconds=args.chunk_seconds,
+            overlap_seconds=args.overlap_seconds, batch_size=args.batch_size,
+            compute_dtype=args.compute_dtype)
     except (CheckpointError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -55,6 +55,8 @@ class Separator:
       devices: devices to run on; default all local devices.
       compute_dtype: overrides ``config.runtime.compute_dtype``: ``'bfloat16'`` runs the
         products in bfloat16 (weights, LSTM cell state, norms and softmax stay float32).
+      apply: runs the model instead of ``config``'s network and ``variables`` (then unused):
+        e.g. a :class:`galr_jax.exported.ExportedModel`.
 
     Attributes:
       sample_rate: Hz the model expects.
@@ -65,7 +67,8 @@ class Separator:
 
     def __init__(self, config: Config, variables: Any, *, chunk_seconds: Optional[float] = None,
                  overlap_seconds: Optional[float] = None, batch_size: Optional[int] = None,
-                 devices: Optional[Sequence[Any]] = None, compute_dtype: Optional[str] = None):
+                 devices: Optional[Sequence[Any]] = None, compute_dtype: Optional[str] = None,
+                 apply: Optional[Any] = None):
         if compute_dtype is not None:  # validated by the config system
             config = config_from_dict(config_to_dict(config),
                                       [f"runtime.compute_dtype={compute_dtype}"])
@@ -85,7 +88,7 @@ class Separator:
             raise ValueError(f"overlap_seconds={overlap_seconds}: must be positive (the speaker "
                              f"order of neighbouring chunks is aligned on the overlap) and under "
                              f"half of chunk_seconds={chunk_seconds}")
-        self._apply = BatchedApply(config, variables, devices)
+        self._apply = apply if apply is not None else BatchedApply(config, variables, devices)
         self.batch_size = padded_batch_size(batch_size or config.eval.chunk_batch_size,
                                             self._apply.num_devices)
         buckets = buckets_in_samples(config.eval.bucket_seconds, self.sample_rate)
