@@ -18,12 +18,19 @@ from galr_jax.models.remat import apply_recomputed, apply_rematerialised
 _POSITION_BASE = 10000.0  # the standard Transformer positional-encoding base
 
 
-def sinusoidal_positions(num_positions: int, features: int) -> np.ndarray:
+def sinusoidal_positions(num_positions, features: int):
     """Standard positional encoding: feature 2i = sin(s / base^(2i/D)), 2i+1 = cos(same).
 
     Returns:
-      ``[num_positions, features]`` float32 (computed at trace time: shapes are static).
+      ``[num_positions, features]`` float32: computed in float64 at trace time when the
+      segment count is a number; in float32 on the device when it is symbolic (a model
+      exported for any length, :mod:`galr_jax.exported`).
     """
+    if not isinstance(num_positions, int):
+        positions = jnp.arange(num_positions, dtype=jnp.float32)[:, None]
+        rates = jnp.asarray(_POSITION_BASE ** (-np.arange(0, features, 2) / features), jnp.float32)
+        angles = positions * rates
+        return jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1).reshape(-1, features)
     positions = np.arange(num_positions, dtype=np.float64)[:, None]
     rates = _POSITION_BASE ** (-np.arange(0, features, 2, dtype=np.float64) / features)
     table = np.zeros((num_positions, features), dtype=np.float64)

@@ -237,13 +237,16 @@ class BiLSTM(nn.Module):
         kernel_hh = self.param("kernel_hh", init, (_NUM_DIRECTIONS, hidden, gates))
         bias = self.param("bias", init, (_NUM_DIRECTIONS, gates))
         batch = x.shape[0]
+        shape = (_NUM_DIRECTIONS, batch, hidden)
         if self.learnable_initial_state:
             h0 = self.param("h0", nn.initializers.uniform(1.0), (hidden,))
             c0 = self.param("c0", nn.initializers.uniform(1.0), (hidden,))
+            h = jnp.broadcast_to(h0, shape).astype(jnp.float32)
+            c = jnp.broadcast_to(c0, shape).astype(jnp.float32)
         else:
-            h0 = c0 = jnp.zeros((hidden,), jnp.float32)
-        h = jnp.broadcast_to(h0, (_NUM_DIRECTIONS, batch, hidden)).astype(jnp.float32)
-        c = jnp.broadcast_to(c0, (_NUM_DIRECTIONS, batch, hidden)).astype(jnp.float32)
+            # Zeros made like x: under shard_map they vary over the devices as x does, as
+            # the scan's carry (which mixes in x) must; constant zeros would not.
+            h = c = jnp.zeros_like(x, jnp.float32, shape=shape)
 
         out = fused_bilstm(x.astype(self.dtype), kernel_ih.astype(self.dtype),
                            kernel_hh.astype(self.dtype), bias.astype(jnp.float32), h, c,
