@@ -164,7 +164,7 @@ def _atomic_write(path: PathLike, text: str) -> None:
     path = as_path(path)
     tmp = path.parent / f"{path.name}.tmp"
     tmp.write_text(text)
-    tmp.rename(path)
+    tmp.replace(path)
 
 
 def write_csv(path: PathLike, records: Sequence[dict]) -> None:

@@ -76,7 +76,7 @@ def _kept_records(path: epath.Path, step: int) -> tuple[list[str], bool]:
 def _write_atomically(path: epath.Path, text: str) -> None:
     tmp = path.parent / f"{path.name}.tmp"
     tmp.write_text(text)
-    tmp.rename(path)  # a replace, on local disks and object stores alike
+    tmp.replace(path)
 
 
 class MetricLogger:
