@@ -33,7 +33,6 @@ C's. Logging, validation and checkpoints are left out (both loops do the same th
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import pathlib
 import statistics
@@ -51,12 +50,9 @@ from galr_jax.config import add_override_argument, load_config  # noqa: E402
 from galr_jax.data import make_train_loader, open_split  # noqa: E402
 from galr_jax.data.prefetch import prefetch_to_device  # noqa: E402
 from galr_jax.host_memory import keep_freed_memory_on_cpu  # noqa: E402
-from galr_jax.models import build_model  # noqa: E402
-from galr_jax.training import create_train_state, train_step  # noqa: E402
-from galr_jax.training.loop import DEVICE_PREFETCH  # noqa: E402
-from galr_jax.training.optim import make_learning_rate_fn, make_optimizer  # noqa: E402
-from galr_jax.training.parallel import (PendingMetrics, PmapParallel,  # noqa: E402
-                                        make_data_parallel)
+from galr_jax.training import create_train_state  # noqa: E402
+from galr_jax.training.loop import DEVICE_PREFETCH, build_train_step  # noqa: E402
+from galr_jax.training.parallel import PendingMetrics, PmapParallel  # noqa: E402
 
 WARMUP_STEPS = 3  # after the compiling step: first calls still allocate and fault pages in
 
@@ -126,11 +122,7 @@ def main(argv=None) -> None:
     cache = tempfile.mkdtemp(prefix="galr-loop-bench-")
     dataset = open_split(config.data, config.data.train_split, config.model.num_sources, cache)
     loader = make_train_loader(config, dataset)
-    model = build_model(config)
-    optimizer = make_optimizer(t)
-    step_fn = functools.partial(train_step, model=model, optimizer=optimizer,
-                                learning_rate_fn=make_learning_rate_fn(t, loader.steps_per_epoch))
-    parallel = make_data_parallel(t.parallel, step_fn, t.batch_size)
+    model, optimizer, parallel = build_train_step(config, loader.steps_per_epoch)
     state = parallel.put_state(create_train_state(model, optimizer, t.seed))
     blocks = {name: [] for name in PATTERNS}
     position = 0

@@ -13,7 +13,6 @@ out, so this is the ceiling that ``train.py``'s logged steps/s approaches.
 from __future__ import annotations
 
 import argparse
-import functools
 import pathlib
 import sys
 import tempfile
@@ -30,10 +29,8 @@ import jax  # noqa: E402
 
 from galr_jax.config import add_override_argument, load_config  # noqa: E402
 from galr_jax.data import make_train_loader, open_split  # noqa: E402
-from galr_jax.models import build_model  # noqa: E402
-from galr_jax.training import create_train_state, train_step  # noqa: E402
-from galr_jax.training.optim import make_learning_rate_fn, make_optimizer  # noqa: E402
-from galr_jax.training.parallel import make_data_parallel  # noqa: E402
+from galr_jax.training import create_train_state  # noqa: E402
+from galr_jax.training.loop import build_train_step  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -48,11 +45,7 @@ def main(argv=None) -> None:
         dataset = open_split(config.data, config.data.train_split, config.model.num_sources, cache)
         with make_train_loader(config, dataset) as loader:
             batch = loader.batch_at(0)
-    model = build_model(config)
-    optimizer = make_optimizer(t)
-    step_fn = functools.partial(train_step, model=model, optimizer=optimizer,
-                                learning_rate_fn=make_learning_rate_fn(t, loader.steps_per_epoch))
-    parallel = make_data_parallel(t.parallel, step_fn, t.batch_size)
+    model, optimizer, parallel = build_train_step(config, loader.steps_per_epoch)
     state = parallel.put_state(create_train_state(model, optimizer, t.seed))
     state, metrics = parallel.step(state, parallel.put_batch(batch), 1.0)  # compiles
     parallel.get_metrics(metrics)

@@ -91,6 +91,22 @@ def _divergence_message(step: int, metrics: dict[str, float], limit: int,
             f"checkpoint is {kept}; lower train.learning_rate or check the data")
 
 
+def build_train_step(config: Config, steps_per_epoch: int):
+    """The model, the optimizer and the data-parallel train step of ``config``, as
+    training runs them (``train.parallel`` over every device); benchmarks time this.
+
+    Returns:
+      ``(model, optimizer, parallel)``; ``parallel.step(state, batch, lr_scale)``.
+    """
+    t = config.train
+    model = build_model(config)
+    optimizer = make_optimizer(t)
+    step_fn = functools.partial(
+        train_step, model=model, optimizer=optimizer,
+        learning_rate_fn=make_learning_rate_fn(t, steps_per_epoch))
+    return model, optimizer, make_data_parallel(t.parallel, step_fn, t.batch_size)
+
+
 def train_and_evaluate(config: Config, workdir: str) -> TrainResult:
     """Trains (or resumes) the run in ``workdir``; every process of a job calls it.
 
@@ -123,12 +139,7 @@ def train_and_evaluate(config: Config, workdir: str) -> TrainResult:
     log.info("%s", loader.summary())
 
     # ---- Model, optimizer and the parallel step -------------------------------------
-    model = build_model(config)
-    optimizer = make_optimizer(t)
-    step_fn = functools.partial(
-        train_step, model=model, optimizer=optimizer,
-        learning_rate_fn=make_learning_rate_fn(t, loader.steps_per_epoch))
-    parallel = make_data_parallel(t.parallel, step_fn, t.batch_size)
+    model, optimizer, parallel = build_train_step(config, loader.steps_per_epoch)
     validator = Validator(config, valid_set, model)
     eval_every = t.eval_every or loader.steps_per_epoch
 
