@@ -44,10 +44,14 @@ class CheckpointError(RuntimeError):
     """No usable checkpoint at a path; the message names the path and the reason."""
 
 
+def is_remote(path: PathLike) -> bool:
+    """Whether ``path`` is a URL (``gs://...``) rather than a local path."""
+    return "://" in os.fspath(path)
+
+
 def as_path(path: PathLike) -> epath.Path:
     """An :class:`epath.Path`; local paths made absolute, URLs (``gs://...``) kept as given."""
-    text = os.fspath(path)
-    return epath.Path(text if "://" in text else os.path.abspath(text))
+    return epath.Path(path if is_remote(path) else os.path.abspath(path))
 
 
 def checkpoint_directory(path: PathLike) -> epath.Path:

@@ -42,7 +42,7 @@ from etils import epath
 
 import galr_jax
 from galr_jax import evaluation, metrics
-from galr_jax.checkpoints import (CheckpointError, PathLike, as_path, parse_which,
+from galr_jax.checkpoints import (CheckpointError, PathLike, as_path, is_remote, parse_which,
                                   restore_variables)
 from galr_jax.cli_logging import configure_logging
 from galr_jax.config import (Config, ConfigError, add_override_argument, config_from_dict,
@@ -282,7 +282,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         summary = evaluate_checkpoint(
             config, variables, meta, split, out_dir,
             # The length index stats local audio; its cache stays local (none for a URL).
-            cache_dir=None if "://" in str(cache_root) else str(cache_root / INDEX_SUBDIR),
+            cache_dir=None if is_remote(cache_root) else str(cache_root / INDEX_SUBDIR),
             compute_sdr=not args.no_sdr, perceptual=not args.no_perceptual,
             save_audio=save_audio, max_utterances=args.max_utterances,
             checkpoint=str(as_path(args.workdir or args.checkpoint)), progress=not args.quiet)

@@ -31,16 +31,11 @@ from typing import Any, Mapping, Optional
 import tqdm
 from etils import epath
 
-from galr_jax.checkpoints import PathLike, as_path
+from galr_jax.checkpoints import PathLike, as_path, is_remote
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_SUBDIR = "tensorboard"
 REMOTE_UPLOAD_SECONDS = 60.0  # a cloud workdir's metrics.jsonl is rewritten at most this often
-
-
-def is_remote(path: epath.Path) -> bool:
-    """Whether ``path`` is a URL (``gs://...``) rather than a local path."""
-    return "://" in str(path)
 
 
 def _json_number(value: Any) -> Any:
