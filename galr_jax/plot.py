@@ -96,7 +96,12 @@ def load_curve(workdir: PathLike) -> Curve:
     return curve_from_records(read_metrics(workdir), str(path))
 
 
-def _figure_class():
+def new_figure(size: tuple[float, float] = FIGURE_SIZE, dpi: int = DPI):
+    """An empty matplotlib ``Figure`` on its own Agg canvas (no ``pyplot`` state).
+
+    Raises:
+      ModuleNotFoundError: matplotlib is not installed; the message says how to get it.
+    """
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -104,7 +109,9 @@ def _figure_class():
         raise ModuleNotFoundError(
             f"drawing needs matplotlib ({e}); install it with "
             f"pip install 'galr-jax[plot]' (or {MATPLOTLIB_PIN})") from None
-    return Figure, FigureCanvasAgg
+    figure = Figure(figsize=size, dpi=dpi, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
 
 
 def draw_curves(curves: Mapping[str, Curve], title: Optional[str] = None):
@@ -113,9 +120,7 @@ def draw_curves(curves: Mapping[str, Curve], title: Optional[str] = None):
     ``curves`` maps a legend label to each run's :class:`Curve` (several runs share the
     axes; a single run needs no legend).
     """
-    Figure, FigureCanvasAgg = _figure_class()
-    figure = Figure(figsize=FIGURE_SIZE, dpi=DPI, layout="constrained")
-    FigureCanvasAgg(figure)
+    figure = new_figure()
     axes = figure.subplots(2, 2, sharex="col")
     for label, curve in curves.items():
         axes[0, 0].plot(curve.train_steps, curve.loss, label=label)
