@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from galr_jax.plot import curve_from_records, load_curve
+from galr_jax.training.logs import MetricLogger
 from subprocess_env import REPO
 from training_helpers import environment, run_train, write_config, write_corpus
 
@@ -24,6 +25,7 @@ def workdir(tmp_path_factory):
     return root / "run"
 
 
+@pytest.mark.slow  # trains (about 25 s with its drawing)
 def test_a_two_step_run_is_drawn_with_measured_wall_time(workdir, tmp_path):
     curve = load_curve(workdir)
     assert curve.measured_time  # every record carries the logger's "time"
@@ -54,13 +56,17 @@ def test_records_without_time_get_training_hours_from_steps_per_second():
     assert curve.train_steps == [100, 200] and curve.val_hours == pytest.approx([75 / 3600])
 
 
-def test_a_workdir_without_metrics_and_a_missing_matplotlib_are_one_line_errors(workdir,
-                                                                                tmp_path):
+def test_a_workdir_without_metrics_and_a_missing_matplotlib_are_one_line_errors(tmp_path):
     result = subprocess.run([sys.executable, "-m", "galr_jax.plot", "--workdir", str(tmp_path)],
                             capture_output=True, text=True, env=environment(), timeout=120)
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: {tmp_path}/metrics.jsonl: not found")
 
+    workdir = tmp_path / "run"
+    workdir.mkdir()  # train.py's workdir set-up makes it
+    logger = MetricLogger(workdir, start_step=0, tensorboard=False)
+    logger.write(1, {"loss": 1.0, "val_si_snri": 2.0})
+    logger.close()
     # As on an install without the plot extra: importing matplotlib fails.
     no_matplotlib = ("import sys; sys.modules['matplotlib'] = None; "
                      "from galr_jax.plot import main; sys.exit(main(sys.argv[1:]))")
