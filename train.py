@@ -6,7 +6,9 @@ options. The work is done by :mod:`galr_jax.train_cli`.
 
 import sys
 
-from galr_jax.train_cli import EXIT_BAD_INPUT, EXIT_DIVERGED, main, parse_args  # noqa: F401
+from galr_jax.train_cli import EXIT_BAD_INPUT, EXIT_DIVERGED, main, parse_args
+
+__all__ = ["EXIT_BAD_INPUT", "EXIT_DIVERGED", "main", "parse_args"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -479,7 +479,8 @@ CONFIG_SUFFIX = ".yaml"
 
 
 def shipped_config_names() -> list[str]:
-    """Names :func:`load_config` accepts besides paths: ``demo``, ``pretrained/galr_voices_8k``, ..."""
+    """The names :func:`load_config` accepts besides paths (``demo``, ``galr_1.5m``,
+    ``pretrained/galr_voices_8k``, ...)."""
     names = []
 
     def walk(folder, prefix: str) -> None:

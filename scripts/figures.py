@@ -158,8 +158,8 @@ def separation(out: pathlib.Path) -> None:
         ax.set_ylabel("kHz")
     ax.set_xlabel("seconds")
     figure.colorbar(image, ax=figure.axes, label="dB", shrink=0.6)
-    figure.suptitle(f"{scores['id']}\nseparated by the checkpoint of step {step}: "
-                    f"SI-SNRi {float(scores['si_snri']):.1f} dB, SDRi {float(scores['sdri']):.1f} dB")
+    figure.suptitle(f"{scores['id']}\nseparated by the checkpoint of step {step}: SI-SNRi "
+                    f"{float(scores['si_snri']):.1f} dB, SDRi {float(scores['sdri']):.1f} dB")
     save_png(figure, "separation.png", out)
 
 

@@ -51,8 +51,9 @@ def _venv_with_wheel(root, wheel: str) -> str:
     env_dir = root / "venv"
     venv.create(env_dir, with_pip=False)
     python = str(env_dir / "bin" / "python")
-    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          check=True, capture_output=True, text=True).stdout.strip()
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True).stdout.strip()
     outer = {sysconfig.get_paths()[key] for key in ("purelib", "platlib")}
     with open(os.path.join(site, "outer_site_packages.pth"), "w") as f:
         f.write("\n".join(sorted(outer)) + "\n")
