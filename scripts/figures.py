@@ -41,7 +41,7 @@ import soundfile
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from galr_jax.plot import draw_curves, load_curve, new_figure  # noqa: E402
+from galr_jax.plot import curve_from_records, draw_curves, new_figure  # noqa: E402
 from galr_jax.training.logs import METRICS_FILE  # noqa: E402
 
 FIGURES = REPO / "docs" / "figures"
@@ -113,14 +113,9 @@ def import_separation(eval_out: str) -> None:
 def training_curves(out: pathlib.Path) -> None:
     for path in sorted(DATA.glob(f"*{METRICS_SUFFIX}")):
         name = path.name[:-len(METRICS_SUFFIX)]
-        # load_curve reads WORKDIR/metrics.jsonl: give it a folder holding just this file.
-        workdir = out / ".curve"
-        workdir.mkdir(exist_ok=True)
-        shutil.copyfile(path, workdir / METRICS_FILE)
-        try:
-            figure = draw_curves({name: load_curve(workdir)}, f"training curve: {name}")
-        finally:
-            shutil.rmtree(workdir)
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        figure = draw_curves({name: curve_from_records(records, str(path))},
+                             f"training curve: {name}")
         save_png(figure, f"training_curve_{name}.png", out)
 
 
