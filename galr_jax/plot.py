@@ -5,10 +5,11 @@
 Four panels: the training loss (negative SI-SNR, dB) and the validation SI-SNRi (dB)
 against the step and against wall time. Wall time comes from each record's ``time``
 (Unix seconds, written by :class:`galr_jax.training.logs.MetricLogger`), in hours
-since the first record, so a resumed run shows the time it was down. Files written
-before records carried a ``time`` get an estimate instead, the sum of each window's
-steps over its ``steps_per_second``: training time only, without compilation and
-validation, and the axis says so.
+since the first record, so a resumed run shows the time it was down. A file with a
+record from before records carried a ``time`` (an older run, or one resumed by newer
+code) gets an estimate instead, the sum of each window's steps over its
+``steps_per_second``: training time only, without compilation and validation, and
+the axis says so.
 
 Needs matplotlib (``pip install 'galr-jax[plot]'``); it is imported only when drawing.
 The figure is built on an Agg canvas, not through ``pyplot``, so drawing changes no
