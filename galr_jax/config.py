@@ -5,7 +5,9 @@ into ``model``, ``runtime``, ``data``, ``train`` and ``eval`` sections. ``model`
 the architecture (what the parameters mean; a resumed run or a restored checkpoint
 must match it); ``runtime`` is how the same network is computed (dtype,
 recomputation, unrolling) and may change between runs of one workdir. Files in
-``configs/`` set a subset of fields; everything else keeps the defaults below.
+``galr_jax/configs/`` (shipped with the package, and reachable as ``configs/`` in the
+repository) set a subset of fields; everything else keeps the defaults below; they
+are loaded by name (``load_config("galr_1.5m")``) or, like any other file, by path.
 Overrides use dotted paths (``model.features=128``, ``train.learning_rate=5e-4``) and
 are parsed as YAML scalars, then checked against the field's type.
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import collections.abc
 import dataclasses
+import importlib.resources
 import logging
 import os
 import types
@@ -469,17 +472,62 @@ def saved_config_dict(config: Config) -> dict:
     return {SCHEMA_VERSION_KEY: SCHEMA_VERSION, **config_to_dict(config)}
 
 
-def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Config:
-    """Loads a YAML config file, applies overrides (``"model.features=128"``) and validates.
+# The configs shipped inside the package (the paper's, the baseline's, the demo's and the
+# released models'), loadable by name; ``configs/`` in the repository links here.
+SHIPPED_CONFIGS = importlib.resources.files(__package__) / "configs"
+CONFIG_SUFFIX = ".yaml"
+
+
+def shipped_config_names() -> list[str]:
+    """The names :func:`load_config` accepts besides paths (``demo``, ``galr_1.5m``,
+    ``pretrained/galr_voices_8k``, ...)."""
+    names = []
+
+    def walk(folder, prefix: str) -> None:
+        for entry in folder.iterdir():
+            if entry.is_dir():
+                walk(entry, f"{prefix}{entry.name}/")
+            elif entry.name.endswith(CONFIG_SUFFIX):
+                names.append(prefix + entry.name[:-len(CONFIG_SUFFIX)])
+
+    walk(SHIPPED_CONFIGS, "")
+    return sorted(names)
+
+
+def resolve_config(path_or_name: str | os.PathLike) -> epath.Path:
+    """The file a ``--config`` value names: an existing path, else a shipped config.
+
+    A path wins over a shipped name, so a user's own ``demo.yaml`` in the working
+    folder is never shadowed. Names may carry the ``.yaml`` suffix or not.
 
     Raises:
-      FileNotFoundError: the file does not exist.
+      FileNotFoundError: neither a file nor a shipped name; the message lists the names.
+    """
+    path = epath.Path(path_or_name)
+    if path.is_file():
+        return path
+    name = os.fspath(path_or_name)
+    shipped = SHIPPED_CONFIGS.joinpath(*name.split("/"))
+    if not name.endswith(CONFIG_SUFFIX):
+        shipped = shipped.with_name(shipped.name + CONFIG_SUFFIX)
+    if shipped.is_file():
+        return epath.Path(os.fspath(shipped))
+    raise FileNotFoundError(f"{path}: config file not found, and not the name of a shipped "
+                            f"config ({', '.join(shipped_config_names())})")
+
+
+def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Config:
+    """Loads a YAML config, applies overrides (``"model.features=128"``) and validates.
+
+    ``path`` is a file (local or an :mod:`etils.epath` URL) or the name of a shipped
+    config (``"galr_1.5m"``, ``"demo"``, ``"pretrained/galr_voices_8k"``).
+
+    Raises:
+      FileNotFoundError: no such file and no such shipped config.
       ConfigError: unknown key, wrong type or an impossible combination; the message
         names the key.
     """
-    path = epath.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: config file not found")
+    path = resolve_config(path)
     try:
         tree = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:

@@ -63,7 +63,7 @@ SDR_METHOD = "BSS-eval SDR, 512-tap distortion filter (galr_jax.metrics; agrees 
 
 def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="eval.py", description="Score a checkpoint on a test split (SI-SNRi, SDRi).")
+        description="Score a checkpoint on a test split (SI-SNRi, SDRi).")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--workdir", help="training workdir (uses WORKDIR/checkpoints)")
     source.add_argument("--checkpoint", help="checkpoint directory (e.g. from galr_jax.convert); "

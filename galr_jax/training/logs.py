@@ -1,6 +1,7 @@
 """Training logs: ``metrics.jsonl``, TensorBoard scalars and a tqdm progress bar.
 
-``WORKDIR/metrics.jsonl`` holds one JSON object per record: ``step``, ``loss`` (mean
+``WORKDIR/metrics.jsonl`` holds one JSON object per record: ``step``, ``time`` (Unix
+seconds when it was written; absent in files from before it was added), ``loss`` (mean
 training loss since the previous record, null if every step of that window was
 skipped) and, on validation records, ``val_si_snri``. Non-finite numbers are written
 as null so every line is valid JSON.
@@ -118,7 +119,8 @@ class MetricLogger:
         """Appends one record (flushed, so a kill loses at most the line being written)."""
         if not self.enabled:
             return
-        line = {"step": int(step), **{k: _json_number(v) for k, v in record.items()}}
+        line = {"step": int(step), "time": time.time(),
+                **{k: _json_number(v) for k, v in record.items()}}
         if self._remote_lines is not None:
             self._remote_lines.append(json.dumps(line) + "\n")
             self._upload(force=False)
