@@ -262,3 +262,12 @@ def test_galr_export_model_runs_the_released_weights(use_registry, tmp_path):
     model = pretrained.load(NAME)
     np.testing.assert_allclose(exported.load(out)(mixture),
                                BatchedApply(model.config, model.variables)(mixture), atol=1e-5)
+
+
+def test_model_options_need_their_companions(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        separate.main(["mix.wav", "--out", str(tmp_path)])  # no weights named
+    assert "one of --workdir, --model, --exported or --list-models" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        evaluate_checkpoint.main(["--model", NAME, "--data", str(tmp_path)])  # no --out
+    assert "--model needs --data (the corpus) and --out" in capsys.readouterr().err
