@@ -12,7 +12,11 @@ are computations of this process alone, as in validation
 (:mod:`galr_jax.training.validation` explains the multi-host design), so ``eval.py``
 cannot hang waiting for another process, whatever else runs beside it.
 
-Outputs in ``OUT`` (default ``WORKDIR/eval/SPLIT``):
+The weights come from a training workdir (``--workdir``), a checkpoint directory
+(``--checkpoint``) or a pretrained model shipped with the package (``--model NAME``,
+see :mod:`galr_jax.pretrained`; it needs ``--data`` and ``--out``).
+
+Outputs in ``OUT`` (``--out``; default ``WORKDIR/eval/SPLIT``):
 
 * ``per_utterance.csv``: id, length, si_snr, si_snri, sdr, sdri, [pesq, stoi],
   permutation (estimate index per reference, space separated);
@@ -41,7 +45,7 @@ import numpy as np
 from etils import epath
 
 import galr_jax
-from galr_jax import evaluation, metrics
+from galr_jax import evaluation, metrics, pretrained
 from galr_jax.checkpoints import (CheckpointError, PathLike, as_path, is_remote, parse_which,
                                   restore_variables)
 from galr_jax.cli_logging import configure_logging
@@ -58,6 +62,7 @@ CSV_NAME = "per_utterance.csv"
 SUMMARY_NAME = "summary.json"
 AUDIO_SUBDIR = "audio"
 METRIC_COLUMNS = ("si_snr", "si_snri", "sdr", "sdri", "pesq", "stoi")
+PRETRAINED_PREFIX = "pretrained:"  # summary.json's "checkpoint" for --model
 SDR_METHOD = "BSS-eval SDR, 512-tap distortion filter (galr_jax.metrics; agrees with mir_eval)"
 
 
@@ -68,9 +73,13 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     source.add_argument("--workdir", help="training workdir (uses WORKDIR/checkpoints)")
     source.add_argument("--checkpoint", help="checkpoint directory (e.g. from galr_jax.convert); "
                                              "needs --config and --out")
+    source.add_argument("--model", metavar="NAME",
+                        help="a pretrained model shipped with galr-jax (galr-separate "
+                             "--list-models); needs --data and --out")
     parser.add_argument("--config", help="config file the weights must fit (with --checkpoint); "
                                          "default: the config saved with the checkpoint")
-    parser.add_argument("--which", default="best", help="best (default), latest or a step number")
+    parser.add_argument("--which", default=None,
+                        help="with --workdir/--checkpoint: best (default), latest or a step number")
     parser.add_argument("--data", help="data root (overrides data.root)")
     parser.add_argument("--split", help="split to score (default: data.test_split)")
     parser.add_argument("--out", help="output directory (default: WORKDIR/eval/SPLIT)")
@@ -87,6 +96,10 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.checkpoint and not args.out:
         parser.error("--checkpoint needs --out (where to write the results)")
+    if args.model and not (args.out and args.data):
+        parser.error("--model needs --data (the corpus) and --out (where to write the results)")
+    if args.model and (args.config or args.which):
+        parser.error("--model: the model fixes its weights and config (no --config or --which)")
     return args
 
 
@@ -104,12 +117,17 @@ def _with_overrides(saved: Config, overrides: Sequence[str]) -> Config:
 def load_for_eval(args: argparse.Namespace) -> tuple[Config, Any, dict]:
     """Restores weights and builds the evaluation config from the command line."""
     overrides = list(args.set) + ([f"data.root={args.data}"] if args.data else [])
+    if args.model:
+        model = pretrained.load(args.model)
+        meta = {"step": model.manifest.get("step", -1), "metrics": {}}
+        return _with_overrides(model.config, overrides), model.variables, meta
     path = args.workdir or args.checkpoint
+    which = parse_which(args.which or "best")
     if args.config:
         given = load_config(args.config, overrides)
-        variables, meta = restore_variables(path, config=given, which=parse_which(args.which))
+        variables, meta = restore_variables(path, config=given, which=which)
         return given, variables, meta
-    variables, meta = restore_variables(path, which=parse_which(args.which))
+    variables, meta = restore_variables(path, which=which)
     return _with_overrides(meta["config"], overrides), variables, meta
 
 
@@ -285,7 +303,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             cache_dir=None if is_remote(cache_root) else str(cache_root / INDEX_SUBDIR),
             compute_sdr=not args.no_sdr, perceptual=not args.no_perceptual,
             save_audio=save_audio, max_utterances=args.max_utterances,
-            checkpoint=str(as_path(args.workdir or args.checkpoint)), progress=not args.quiet)
+            checkpoint=(f"{PRETRAINED_PREFIX}{args.model}" if args.model
+                        else str(as_path(args.workdir or args.checkpoint))),
+            progress=not args.quiet)
     except (CheckpointError, ConfigError, DatasetError, AudioError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR

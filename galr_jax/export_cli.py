@@ -4,6 +4,7 @@ Usage::
 
     galr-export --workdir runs/galr_1.5m --out galr.jaxexport              # best checkpoint
     galr-export --workdir runs/demo --which latest --out demo.jaxexport --platforms cpu,cuda
+    galr-export --model galr_voices_8k --out voices.jaxexport             # a shipped model
     galr-export --config configs/galr_1.5m.yaml --out random.jaxexport     # random weights, for tests
 
 The file holds ``jax.export`` serializations of ``(weights, mixture [B, T], lengths [B])
@@ -40,7 +41,7 @@ import jax
 import jax.numpy as jnp
 from jax import export
 
-from galr_jax import exported
+from galr_jax import exported, pretrained
 from galr_jax.checkpoints import CheckpointError, parse_which, restore_variables
 from galr_jax.config import (Config, ConfigError, add_override_argument, config_from_dict,
                              config_to_dict, load_config, saved_config_dict)
@@ -180,6 +181,8 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--workdir", help="training workdir or checkpoint directory")
+    source.add_argument("--model", metavar="NAME",
+                        help="a pretrained model shipped with galr-jax (galr-separate --list-models)")
     source.add_argument("--config", help="YAML config: export randomly initialised weights")
     parser.add_argument("--which", default="best",
                         help="with --workdir: best (default), latest or a step number")
@@ -198,11 +201,16 @@ def _load(args: argparse.Namespace) -> tuple[Config, Any]:
         config = load_config(args.config, args.overrides)
         sample = jnp.zeros((1, _INIT_SAMPLES), jnp.float32)
         return config, jax.jit(build_model(config).init)(jax.random.PRNGKey(args.seed), sample)
-    variables, meta = restore_variables(args.workdir, which=parse_which(args.which))
-    config = config_from_dict(config_to_dict(meta["config"]), args.overrides)
-    if config.model != meta["config"].model:
-        raise ConfigError("--set with --workdir may change runtime settings only; the "
-                          "architecture (model.*) is the checkpoint's")
+    if args.model:
+        model = pretrained.load(args.model)
+        saved, variables = model.config, model.variables
+    else:
+        variables, meta = restore_variables(args.workdir, which=parse_which(args.which))
+        saved = meta["config"]
+    config = config_from_dict(config_to_dict(saved), args.overrides)
+    if config.model != saved.model:
+        raise ConfigError("--set with --workdir or --model may change runtime settings only; "
+                          "the architecture (model.*) is the checkpoint's")
     return config, variables
 
 

@@ -6,6 +6,8 @@ Usage::
         --out separated/
     galr-separate --workdir runs/demo long_meeting.wav --out separated/ --pcm16
     galr-separate --exported galr.jaxexport mix1.wav --out separated/   # see galr-export
+    galr-separate --model galr_voices_8k mix1.wav --out separated/     # shipped with galr-jax
+    galr-separate --list-models                                         # their names
 
 For every input ``NAME.ext`` it writes ``OUT/NAME_s1.wav``, ``OUT/NAME_s2.wav``, ...
 Inputs are files, directories (searched recursively for audio files; symlinked folders
@@ -35,6 +37,7 @@ from typing import Iterable, Optional, Sequence
 import soundfile as sf
 import tqdm
 
+from galr_jax import pretrained
 from galr_jax.checkpoints import CheckpointError, parse_which
 from galr_jax.cli_logging import configure_logging
 from galr_jax.config import COMPUTE_DTYPE_NAMES, config_from_saved
@@ -101,13 +104,17 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="galr-separate", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+    parser.add_argument("inputs", nargs="*", metavar="INPUT",
                         help="audio files, directories or glob patterns")
-    source = parser.add_mutually_exclusive_group(required=True)
+    source = parser.add_mutually_exclusive_group()
     source.add_argument("--workdir", help="training workdir or checkpoint directory with the weights")
+    source.add_argument("--model", metavar="NAME",
+                        help="a pretrained model shipped with galr-jax (see --list-models)")
     source.add_argument("--exported", metavar="FILE",
                         help="a galr-export file instead (runs without the model code)")
-    parser.add_argument("--out", required=True, help="output directory (created if missing)")
+    source.add_argument("--list-models", action="store_true",
+                        help="print the names of the pretrained models, one a line, and exit")
+    parser.add_argument("--out", help="output directory (created if missing)")
     parser.add_argument("--which", default="best",
                         help="checkpoint: best (default), latest or a step number")
     parser.add_argument("--pcm16", action="store_true",
@@ -124,7 +131,13 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                              "runtime.compute_dtype); bfloat16 is faster on CPUs and "
                              "accelerators with bf16 units")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.list_models:
+        if not (args.workdir or args.model or args.exported):
+            parser.error("one of --workdir, --model, --exported or --list-models is required")
+        if not args.inputs or not args.out:
+            parser.error("give the INPUT files and --out")
+    return args
 
 
 
@@ -179,14 +192,22 @@ def _exported_separator(args) -> Separator:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs the CLI; returns the exit status."""
     args = _parse_args(argv)
+    if args.list_models:
+        for name in pretrained.list_models():
+            print(name)
+        return 0
     configure_logging(logging.ERROR)  # Orbax's read-only notices
     files, problems = expand_inputs(args.inputs)
     failures = [f"{item}: {problem}" for item, problem in problems]
     try:
-        separator = _exported_separator(args) if args.exported else Separator.from_checkpoint(
-            args.workdir, parse_which(args.which), chunk_seconds=args.chunk_seconds,
-            overlap_seconds=args.overlap_seconds, batch_size=args.batch_size,
-            compute_dtype=args.compute_dtype)
+        options = dict(chunk_seconds=args.chunk_seconds, overlap_seconds=args.overlap_seconds,
+                       batch_size=args.batch_size, compute_dtype=args.compute_dtype)
+        if args.exported:
+            separator = _exported_separator(args)
+        elif args.model:
+            separator = Separator.from_pretrained(args.model, **options)
+        else:
+            separator = Separator.from_checkpoint(args.workdir, parse_which(args.which), **options)
     except (CheckpointError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE

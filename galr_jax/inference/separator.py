@@ -4,6 +4,7 @@ Example (a notebook)::
 
     from galr_jax.inference import Separator
     separator = Separator.from_checkpoint("runs/demo")           # best checkpoint
+    separator = Separator.from_pretrained("galr_voices_8k")      # shipped with the package
     sources = separator.separate("meeting.wav")                  # [C, T] float32
     separator.separate_to_files("meeting.wav", ["a.wav", "b.wav"])  # streaming, any length
 
@@ -62,7 +63,8 @@ class Separator:
       sample_rate: Hz the model expects.
       num_sources: C, sources per mixture.
       chunk_samples, overlap_samples: the chunk geometry in samples.
-      meta: for :meth:`from_checkpoint`, the checkpoint's ``meta`` (step, metrics).
+      meta: for :meth:`from_checkpoint`, the checkpoint's ``meta`` (step, metrics); for
+        :meth:`from_pretrained`, ``step``, ``pretrained`` (the name) and ``manifest``.
     """
 
     def __init__(self, config: Config, variables: Any, *, chunk_seconds: Optional[float] = None,
@@ -112,6 +114,28 @@ class Separator:
         variables, meta = restore_variables(path, which=which)
         separator = cls(meta["config"], variables, **options)
         separator.meta = meta
+        return separator
+
+    @classmethod
+    def from_pretrained(cls, name: str, root: Optional[PathLike] = None,
+                        **options: Any) -> "Separator":
+        """Loads a pretrained model shipped with the package (``galr-separate --list-models``).
+
+        Args:
+          name: the model's name, e.g. ``'galr_voices_8k'``.
+          root: registry directory; default ``$GALR_PRETRAINED_DIR``, else the package's.
+          **options: keyword arguments of the constructor (chunk_seconds, ...).
+
+        Raises:
+          galr_jax.pretrained.PretrainedError: unknown name (the message lists the
+            available ones) or damaged files (names the file).
+        """
+        from galr_jax import pretrained
+
+        model = pretrained.load(name, root)
+        separator = cls(model.config, model.variables, **options)
+        separator.meta = {"step": model.manifest.get("step"), "pretrained": model.name,
+                          "manifest": model.manifest, "config": model.config}
         return separator
 
     @property
