@@ -10,7 +10,9 @@ Inputs, all written by the project's own programs:
   estimates of a trained model, its ``per_utterance.csv`` row and the ``summary.json``
   (``eval.py --save-audio 1``), drawn as spectrograms in ``separation.png``;
 * ``benchmarks/results.json`` and ``benchmarks/results_w2.json`` (benchmarks/run.py),
-  drawn as ``jax_vs_torch.png`` and ``galr_vs_dprnn.png``.
+  drawn as ``jax_vs_torch.png`` and ``galr_vs_dprnn.png``;
+* nothing for ``architecture.png``: the model's data flow, drawn from the text below
+  (galr_jax/models/separation.py and galr.py in boxes and arrows).
 
 The data files are copies, refreshed by the same script (this repository's runs live
 outside it)::
@@ -219,6 +221,70 @@ def galr_vs_dprnn(results: list[dict], out: pathlib.Path) -> None:
     save_png(figure, "galr_vs_dprnn.png", out)
 
 
+# The architecture diagram: each box is (x, y, width, height) in a 100 x 50 canvas, and
+# its text; the shapes are the tensors the box outputs (galr_jax/models/separation.py).
+ARCHITECTURE_SIZE = (11.0, 5.0)  # inches: readable at the README's width
+ARCHITECTURE_BOXES = {
+    "mixture": ((1, 38, 11, 8), "mixture\n[B, T]"),
+    "encoder": ((16, 38, 22, 8), "Encoder\nConv1d: window L, hop L/2, ReLU\n[B, F, N]"),
+    "bottleneck": ((42, 38, 16, 8), "Bottleneck\nlinear N \u2192 D\n[B, F, D]"),
+    "segment": ((62, 38, 24, 8), "Segmentation\nK-frame segments, hop K/2\n[B, S, K, D]"),
+    "local": ((6, 19, 42, 11), "Locally recurrent\nBiLSTM along the K frames of every segment\n"
+              "(H units a direction, learnable initial state)\nlinear 2H \u2192 D, gLN, + residual"),
+    "global": ((53, 19, 43, 11), "Globally attentive\nK \u2192 Q per segment (low-dimensional "
+               "representation)\nLayerNorm + segment position, multi-head self-attention\n"
+               "across the S segments, Q \u2192 K, gLN, + residual"),
+    "mask": ((1, 2, 34, 10), "Mask head\nPReLU, 1\u00d71 conv D \u2192 C\u00b7D, overlap-add "
+             "to frames,\ngated tanh \u00b7 sigmoid, 1\u00d71 conv D \u2192 N, mask\n"
+             "[B, C, F, N]"),
+    "multiply": ((40, 3, 14, 8), "masks \u00d7 the\nencoder's frames\n[B, C, F, N]"),
+    "decoder": ((59, 3, 20, 8), "Decoder\ntransposed conv, window L\n[B, C, T]"),
+    "sources": ((84, 3, 15, 8), "C separated\nsources"),
+}
+ARCHITECTURE_ARROWS = (("mixture", "encoder"), ("encoder", "bottleneck"),
+                       ("bottleneck", "segment"), ("local", "global"), ("mask", "multiply"),
+                       ("multiply", "decoder"), ("decoder", "sources"))
+BLOCK_FRAME = (3, 16, 95, 19)  # around "local" and "global": the repeated GALR block
+ARCHITECTURE_COLOURS = {"local": "#d9ead3", "global": "#cfe2f3"}
+
+
+def architecture(out: pathlib.Path) -> None:
+    """The data flow of GALR from waveform to separated sources, with tensor shapes."""
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+    figure = new_figure(ARCHITECTURE_SIZE)
+    figure.set_layout_engine("none")  # one axes filling the figure: nothing to lay out
+    ax = figure.add_axes((0, 0, 1, 1))
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 50)
+    ax.axis("off")
+    x, y, w, h = BLOCK_FRAME
+    ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.3", facecolor="#f6f6f6",
+                                edgecolor="grey", linestyle="--"))
+    ax.text(x + w / 2, y + h - 1.3, "GALR block, repeated num_blocks times "
+            "(DPRNN: two BiLSTMs, within and across segments)", ha="center", va="center",
+            fontsize=9, style="italic")
+    centres = {}
+    for name, ((x, y, w, h), text) in ARCHITECTURE_BOXES.items():
+        ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.3",
+                                    facecolor=ARCHITECTURE_COLOURS.get(name, "white"),
+                                    edgecolor="black"))
+        ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=8.5)
+        centres[name] = (x, y, w, h)
+
+    def arrow(start, end, **options):
+        ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=12,
+                                     shrinkA=0, shrinkB=0, **options))
+
+    for a, b in ARCHITECTURE_ARROWS:
+        (xa, ya, wa, ha), (xb, yb, wb, hb) = centres[a], centres[b]
+        arrow((xa + wa + 0.4, ya + ha / 2), (xb - 0.4, yb + hb / 2))
+    sx, sy, sw, _ = centres["segment"]
+    fx, fy, fw, fh = BLOCK_FRAME
+    arrow((sx + sw / 2, sy - 0.4), (sx + sw / 2, fy + fh + 0.4))
+    arrow((fx + 12, fy - 0.4), (fx + 12, centres["mask"][1] + centres["mask"][3] + 0.4))
+    save_png(figure, "architecture.png", out)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--import-run", action="append", default=[], metavar="NAME=WORKDIR",
@@ -233,6 +299,7 @@ def main() -> int:
     if args.import_separation:
         import_separation(args.import_separation)
     args.out.mkdir(parents=True, exist_ok=True)
+    architecture(args.out)
     training_curves(args.out)
     separation(args.out)
     results = _benchmarks()
