@@ -26,7 +26,7 @@ per step: in A, taking the batch, reshaping it and the call (the device idles fo
 of it, since the previous step was waited for); in B, taking the batch and starting
 its transfer (which overlaps the running step; the call itself is not counted, because
 on XLA:CPU with several devices it waits inside for the previous step, see
-BENCHMARKS.md). The host overhead per step of A and B is their time per step minus
+docs/benchmarks.md). The host overhead per step of A and B is their time per step minus
 C's. Logging, validation and checkpoints are left out (both loops do the same there).
 """
 

@@ -1,4 +1,4 @@
-"""Markdown tables of a ``benchmarks/run.py`` JSON file, as pasted into BENCHMARKS.md.
+"""Markdown tables of a ``benchmarks/run.py`` JSON file, as pasted into docs/benchmarks.md.
 
 Usage:
   python benchmarks/report.py benchmarks/results.json [more.json ...]
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
-MB = 1e6  # decimal units throughout BENCHMARKS.md
+MB = 1e6  # decimal units throughout docs/benchmarks.md
 GFLOP = 1e9
 
 

@@ -8,7 +8,7 @@ For every model config and input length it builds the JAX model and the PyTorch
 reference, measures parameters, operations, peak memory and compile time, then times
 the forward and the train step of both frameworks round-robin (with a large matmul
 that measures the machine's peak in the same rounds), prints a table and writes JSON.
-BENCHMARKS.md explains every number.
+docs/benchmarks.md explains every number.
 
 PyTorch's OpenMP threads busy-wait between parallel regions by default; on a machine
 shared with other processes that makes the reference several times slower than it

@@ -165,7 +165,7 @@ class EvalConfig:
     chunk_overlap_seconds: float = 1.0  # > 0: speakers of neighbouring chunks are matched here
     # Long-audio chunks per forward pass (rounded up to a multiple of the devices). On one
     # CPU device a larger batch is no faster and costs memory (galr_1.5m peak RSS: 0.9 GB
-    # at 1, 1.9 GB at 4); one chunk per virtual CPU device is (BENCHMARKS.md); raise it on
+    # at 1, 1.9 GB at 4); one chunk per virtual CPU device is (docs/benchmarks.md); raise it on
     # accelerators.
     chunk_batch_size: int = 1
     save_audio_examples: int = 0

@@ -6,7 +6,7 @@ fresh ``mmap`` pages whenever they are large, or whenever one of XLA's worker th
 allocates them (a thread arena cannot hold a block above 64 MB), and go back to the
 kernel on ``free``. Each call then page-faults its buffers in anew, and the kernel
 zeroes them: gigabytes per train step (XLA's peak estimate for galr_1.5m at 4 s is
-3.7 GB). With the settings below that step took 3.3 s instead of 4.9 s (BENCHMARKS.md).
+3.7 GB). With the settings below that step took 3.3 s instead of 4.9 s (docs/benchmarks.md).
 
 The settings: one arena (every thread allocates from the main heap), no ``mmap``
 for any size, and no trimming, so freed memory stays in the process. The resident

@@ -32,6 +32,6 @@ elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $SPEECH_PACKAGES >/dev/null) \
     || echo "warning: could not install the speech packages; the demo data will use synthetic voices only" >&2
 else
-  echo "note: not root; the demo data will use synthetic voices only (see README, 'Demo data')" >&2
+  echo "note: not root; the demo data will use synthetic voices only (see docs/demo-recipe.md, 'Demo data')" >&2
 fi
 echo "Environment ready: $(.venv/bin/python -c 'import jax, flax, optax, orbax.checkpoint as o; print(f"jax {jax.__version__}, flax {flax.__version__}, optax {optax.__version__}")')"

@@ -6,10 +6,10 @@ features. ``flax.linen.MultiHeadDotProductAttention`` projects to
 and depth axes; here one product projects queries, keys and values together, straight
 into ``[3, batch..., heads, length, depth]``, so the two attention products are plain
 batched matrix products over (batch..., heads). On the galr_1.5m shapes at 4 s this
-took the layer's forward from 24 to 15 ms on CPU (BENCHMARKS.md, "Optimisation log").
+took the layer's forward from 24 to 15 ms on CPU (docs/benchmarks.md, "Optimisation log").
 The attention's backward pass is written out (:func:`_attention`): with the gLN change of
 the same round, the layer's training forward + backward at those shapes fell from about
-119 to 91 ms (BENCHMARKS.md).
+119 to 91 ms (docs/benchmarks.md).
 
 The parameters are Flax's, name for name and shape for shape (``query``, ``key``,
 ``value``: ``kernel [D, heads, depth]``, ``bias [heads, depth]``; ``out``:

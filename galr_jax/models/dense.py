@@ -3,7 +3,7 @@
 In bfloat16 compute the bias gradient is a sum of bf16 activations' gradients over
 every token. XLA on CPU upcasts such a sum to float32 and rewrites it into a tree of
 windowed reductions, which ran at a few GB/s: 36 of them took about 200 ms of the
-bf16 galr_1.5m train step at 4 s (BENCHMARKS.md). Here the gradient is upcast once and
+bf16 galr_1.5m train step at 4 s (docs/benchmarks.md). Here the gradient is upcast once and
 summed one axis at a time (:func:`sum_over_other_axes`, which the norms' affine
 gradients use too).
 """

@@ -3,7 +3,7 @@
 Drawing a dropout mask with ``jax.random.bernoulli`` runs threefry-2x32 (20 rounds) for
 every element. GALR drops out its attention weights, ``[B*Q, heads, S, S]`` per block:
 6.9 million elements per block for batch 4 x 4 s, and on CPU threefry alone took 37 ms
-of each block's 76 ms training forward (BENCHMARKS.md, "Optimisation log"). Here one
+of each block's 76 ms training forward (docs/benchmarks.md, "Optimisation log"). Here one
 threefry call turns the key into two 32-bit seeds, and each element's bit comes from
 its flat index through two rounds of an integer mixing function (the ``lowbias32``
 finaliser: xor-shifts and odd multiplies, each a bijection on 32 bits) keyed by the

@@ -8,11 +8,11 @@ layers whose kept intermediates cost more memory than recomputing them costs tim
 ``nn.remat`` (``jax.checkpoint``) only marks the block's forward for recomputation;
 XLA may schedule the recomputed forward as early as it likes. On CPU it runs it
 during the forward pass, next to the original, so every block's residuals are live
-at once and the peak does not fall (BENCHMARKS.md: the galr_1.5m train step at 4 s
+at once and the peak does not fall (docs/benchmarks.md: the galr_1.5m train step at 4 s
 peaked at 3.75 GB plain and 3.76 GB under ``nn.remat``). Here the block's backward rule recomputes the
 forward from an input made to depend on the output's gradient: the recomputation
 cannot start before that gradient exists, so one block's residuals are live at a
-time (XLA still decides how much of their memory it reuses; BENCHMARKS.md has the
+time (XLA still decides how much of their memory it reuses; docs/benchmarks.md has the
 figures).
 """
 
