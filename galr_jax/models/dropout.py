@@ -13,7 +13,8 @@ DROPOUT = "dropout"  # the rng collection dropout draws its keys from
 
 
 class Dropout(nn.Module):
-    """``flax.linen.Dropout`` on :func:`galr_jax.kernels.dropout.keep_mask`: one independent draw per element.
+    """``flax.linen.Dropout`` on :func:`galr_jax.kernels.dropout.keep_mask`: one independent
+    draw per element.
 
     Attributes:
       rate: probability of zeroing an element.
