@@ -94,6 +94,9 @@ class RuntimeConfig:
     # GALR: recompute each block's multi-head attention in its backward pass (less memory,
     # a few % more step time; implied by remat)
     recompute_attention: bool = True
+    # Implementation of the primitives (galr_jax/kernels/, docs/kernels.md): reference (plain
+    # JAX), tuned (measured on XLA:CPU) or auto (tuned on CPU, reference on GPU/TPU).
+    kernels: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,11 +184,13 @@ class Config:
 
 
 COMPUTE_DTYPE_NAMES = ("float32", "bfloat16")  # runtime.compute_dtype
+KERNEL_CHOICES = ("reference", "tuned", "auto")  # runtime.kernels
 
 _CHOICES = {
     "model.separator": ("galr", "dprnn"),
     "model.mask_nonlinearity": ("relu", "sigmoid"),
     "runtime.compute_dtype": COMPUTE_DTYPE_NAMES,
+    "runtime.kernels": KERNEL_CHOICES,
     "data.layout": ("wsj0-mix", "librimix"),
     "data.short_utterances": ("pad", "drop"),
     "data.bad_files": ("skip", "error"),

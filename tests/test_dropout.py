@@ -7,8 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from galr_jax.models.dropout import Dropout, dropout, keep_mask
-from galr_jax.models.attention import MultiHeadSelfAttention, dot_product_attention
+from galr_jax.kernels.attention import dot_product_attention
+from galr_jax.kernels.dropout import dropout, keep_mask
+from galr_jax.models.attention import MultiHeadSelfAttention
+from galr_jax.models.dropout import Dropout
 
 SHAPE = (64, 4, 41, 41)  # attention-weight shaped: [batch * Q, heads, S, S]
 SIZE = int(np.prod(SHAPE))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from galr_jax.config import config_from_dict, load_config
+from galr_jax.config import RuntimeConfig, config_from_dict, load_config
 from galr_jax.convert import torch_to_flax
 from galr_jax.models import (BiLSTM, DPRNNBlock, Decoder, Encoder, GALRBlock, GlobalLayerNorm,
                              GloballyAttentive, LocallyRecurrent, MaskHead, build_model,
@@ -276,9 +276,20 @@ def padded_batch(seed=3):
 
 def test_end_to_end_padded_batch(pair):
     """Each row of a padded batch equals the reference's exact-length run of that row."""
+    check_padded_batch(pair, "tuned")
+
+
+# The reference kernels (runtime.kernels): one GALR and one DPRNN, forward and gradients.
+@pytest.mark.parametrize("pair", ["galr", "dprnn"], indirect=True)
+def test_end_to_end_padded_batch_with_reference_kernels(pair):
+    check_padded_batch(pair, "reference")
+
+
+def check_padded_batch(pair, kernels):
     _, config, torch_model, params = pair
     mixture, lengths = padded_batch()
-    apply = jax.jit(lambda p, x, n: build_model(config).apply({"params": p}, x, lengths=n))
+    model = build_model(config, RuntimeConfig(kernels=kernels))
+    apply = jax.jit(lambda p, x, n: model.apply({"params": p}, x, lengths=n))
     separated = np.asarray(apply(params, mixture, lengths))
     with torch.no_grad():
         expected = torch_model(torch.from_numpy(mixture), torch.from_numpy(lengths)).numpy()
@@ -299,6 +310,15 @@ def torch_gradients(torch_model, mixture, weights, lengths=None):
 
 @pytest.mark.parametrize("padded", [False, True], ids=["exact", "padded"])
 def test_gradients(pair, padded):
+    check_gradients(pair, padded, "tuned")
+
+
+@pytest.mark.parametrize("pair", ["galr", "dprnn"], indirect=True)
+def test_gradients_with_reference_kernels(pair):
+    check_gradients(pair, True, "reference")
+
+
+def check_gradients(pair, padded, kernels):
     _, config, torch_model, params = pair
     length = LENGTHS[1]
     mixture = random_array(BATCH, length, seed=1)
@@ -315,7 +335,7 @@ def test_gradients(pair, padded):
         grads[key] = torch.zeros_like(grads[key])
     expected = torch_to_flax(grads, config)["params"]
 
-    model = build_model(config)
+    model = build_model(config, RuntimeConfig(kernels=kernels))
 
     def loss(p, x):
         return jnp.sum(model.apply({"params": p}, x, lengths=lengths) * weights)

@@ -24,6 +24,7 @@ class DPRNNBlock(nn.Module):
     norm_eps: float
     unroll: int = 1
     dtype: Any = jnp.float32
+    kernels: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False,
@@ -31,9 +32,9 @@ class DPRNNBlock(nn.Module):
         del train  # DPRNN has no dropout
         valid = None if segment_valid is None else segment_valid[:, :, None]
         x = LocallyRecurrent(self.hidden, self.norm_eps, False, self.unroll, self.dtype,
-                             name="intra")(x, valid)
+                             self.kernels, name="intra")(x, valid)
         across = jnp.swapaxes(x, 1, 2)  # [batch, K, segments, D]: recur along segments
         valid = None if segment_valid is None else segment_valid[:, None, :]
         across = LocallyRecurrent(self.hidden, self.norm_eps, False, self.unroll, self.dtype,
-                                  name="inter")(across, valid)
+                                  self.kernels, name="inter")(across, valid)
         return jnp.swapaxes(across, 1, 2)

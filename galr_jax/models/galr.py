@@ -8,8 +8,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from galr_jax.kernels import pick
+from galr_jax.kernels.dense import ADD_BIAS
 from galr_jax.models.attention import MultiHeadSelfAttention
-from galr_jax.models.dense import Dense, add_bias
+from galr_jax.models.dense import Dense
 from galr_jax.models.dropout import DROPOUT, Dropout
 from galr_jax.models.norms import GlobalLayerNorm, LayerNorm
 from galr_jax.models.recurrent import BiLSTM
@@ -49,6 +51,8 @@ class LocallyRecurrent(nn.Module):
       hidden: H.
       learnable_initial_state: GALR learns h0/c0; DPRNN starts from zeros.
       norm_eps: gLN epsilon.
+      kernels: ``reference``, ``tuned`` or ``auto`` (:mod:`galr_jax.kernels`), here and
+        in every module below.
 
     Shape:
       ``[batch, segments, K, D]`` -> same; the recurrence runs along axis 2.
@@ -62,6 +66,7 @@ class LocallyRecurrent(nn.Module):
     learnable_initial_state: bool = True
     unroll: int = 1
     dtype: Any = jnp.float32
+    kernels: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, valid: Optional[jnp.ndarray] = None) -> jnp.ndarray:
@@ -72,10 +77,11 @@ class LocallyRecurrent(nn.Module):
             lengths = jnp.sum(jnp.broadcast_to(valid, x.shape[:3]), axis=2, dtype=jnp.int32)
             lengths = lengths.reshape(batch * segments)
         y = BiLSTM(self.hidden, self.learnable_initial_state, self.unroll, self.dtype,
-                   time_major_output=True, name="lstm")(sequences, lengths)
+                   time_major_output=True, kernels=self.kernels, name="lstm")(sequences, lengths)
         # Projected time-major, then transposed: D features to move instead of 2H.
-        y = jnp.swapaxes(Dense(features, dtype=self.dtype, name="proj")(y), 0, 1)
-        y = GlobalLayerNorm(self.norm_eps, name="norm")(y.reshape(x.shape), valid)
+        y = jnp.swapaxes(Dense(features, dtype=self.dtype, kernels=self.kernels, name="proj")(y),
+                         0, 1)
+        y = GlobalLayerNorm(self.norm_eps, self.kernels, name="norm")(y.reshape(x.shape), valid)
         return x + y
 
 
@@ -88,13 +94,14 @@ class SegmentLengthMap(nn.Module):
 
     length_out: int
     dtype: Any = jnp.float32
+    kernels: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[2], self.length_out))
         bias = self.param("bias", nn.initializers.zeros, (self.length_out,))
         y = jnp.einsum("bskd,kq->bsqd", x.astype(self.dtype), kernel.astype(self.dtype))
-        return add_bias(y, bias, (2,))
+        return pick(ADD_BIAS, self.kernels)(y, bias, (2,))
 
 
 class GloballyAttentive(nn.Module):
@@ -112,6 +119,7 @@ class GloballyAttentive(nn.Module):
       norm_eps: epsilon of the LayerNorms and the gLN.
       recompute_attention: recompute the multi-head attention in the backward pass rather
         than keep its intermediates (off where the whole block is recomputed anyway).
+      kernels: ``reference``, ``tuned`` or ``auto`` (:mod:`galr_jax.kernels`).
 
     Shape:
       ``[batch, segments, K, D]`` -> same. ``segment_valid``:
@@ -127,6 +135,7 @@ class GloballyAttentive(nn.Module):
     norm_eps: float
     dtype: Any = jnp.float32
     recompute_attention: bool = True
+    kernels: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False,
@@ -138,12 +147,12 @@ class GloballyAttentive(nn.Module):
             norm_valid = segment_valid[:, :, None]  # y is [batch, segments, Q or K]
         y = x
         if self.low_dim is not None:
-            y = SegmentLengthMap(self.low_dim, self.dtype, name="to_low_dim")(y)
+            y = SegmentLengthMap(self.low_dim, self.dtype, self.kernels, name="to_low_dim")(y)
         tokens = jnp.swapaxes(y, 1, 2)  # [batch, Q, segments, D]: attend along segments
-        tokens = LayerNorm(self.norm_eps, self.dtype, name="norm_in")(tokens)
+        tokens = LayerNorm(self.norm_eps, self.dtype, self.kernels, name="norm_in")(tokens)
         tokens = tokens + sinusoidal_positions(segments, features).astype(tokens.dtype)
         attention = MultiHeadSelfAttention(self.num_heads, self.dropout, self.dtype,
-                                           name="attention")
+                                           self.kernels, name="attention")
         if self.recompute_attention:
             # Recomputed in the backward pass from the tokens, which the attention's input
             # projection keeps anyway: kept, its queries, keys, values, [.., S, S] weights
@@ -155,16 +164,18 @@ class GloballyAttentive(nn.Module):
             attended = attention(tokens, train, key_valid)
         residual = tokens if self.attention_residual else attended
         dropped = Dropout(self.dropout, deterministic=not train)(attended)
-        tokens = LayerNorm(self.norm_eps, self.dtype, name="norm_out")(residual + dropped)
+        tokens = LayerNorm(self.norm_eps, self.dtype, self.kernels,
+                           name="norm_out")(residual + dropped)
         y = jnp.swapaxes(tokens, 1, 2)  # [batch, segments, Q, D]
-        norm = GlobalLayerNorm(self.norm_eps, name="norm")
+        norm = GlobalLayerNorm(self.norm_eps, self.kernels, name="norm")
         if self.low_dim is None:
             return x + norm(y, norm_valid)
         # The gLN would keep its [batch, segments, K, D] input for the backward pass, every
         # block's at once at the train step's peak (8.4 MB a block for galr_1.5m at 4 s);
         # recomputed from the Q-long y, which the Q->K map's gradient keeps anyway, it
         # costs one small product and the gLN's forward.
-        return x + apply_recomputed(y, SegmentLengthMap(length, self.dtype, name="from_low_dim"),
+        return x + apply_recomputed(y, SegmentLengthMap(length, self.dtype, self.kernels,
+                                                     name="from_low_dim"),
                                     norm, last_input=norm_valid)
 
 
@@ -185,14 +196,15 @@ class GALRBlock(nn.Module):
     unroll: int = 1
     dtype: Any = jnp.float32
     recompute_attention: bool = True
+    kernels: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False,
                  segment_valid: Optional[jnp.ndarray] = None) -> jnp.ndarray:
         valid = None if segment_valid is None else segment_valid[:, :, None]
         x = LocallyRecurrent(self.hidden, self.norm_eps, True, self.unroll, self.dtype,
-                             name="locally_recurrent")(x, valid)
+                             self.kernels, name="locally_recurrent")(x, valid)
         return GloballyAttentive(self.num_heads, self.low_dim, self.dropout,
                                  self.attention_residual, self.norm_eps, self.dtype,
-                                 self.recompute_attention,
+                                 self.recompute_attention, self.kernels,
                                  name="globally_attentive")(x, train, segment_valid)

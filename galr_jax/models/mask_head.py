@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -22,6 +23,7 @@ class MaskHead(nn.Module):
       num_sources: C.
       num_filters: N, the encoder's filter count (masks multiply encoder frames).
       nonlinearity: ``relu`` or ``sigmoid``.
+      kernels: ``reference``, ``tuned`` or ``auto`` (:mod:`galr_jax.kernels`).
 
     Shape:
       ``[batch, segments, K, D]`` -> ``[batch, C, frames, N]`` for ``frames`` given.
@@ -31,18 +33,20 @@ class MaskHead(nn.Module):
     num_filters: int
     nonlinearity: str = "relu"
     dtype: Any = jnp.float32
+    kernels: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, num_frames: int) -> jnp.ndarray:
         batch, segments, length, features = x.shape
         x = nn.PReLU(negative_slope_init=_PRELU_INIT, name="prelu")(x)
-        x = Dense(self.num_sources * features, dtype=self.dtype, name="to_sources")(x)
+        dense = functools.partial(Dense, dtype=self.dtype, kernels=self.kernels)
+        x = dense(self.num_sources * features, name="to_sources")(x)
         # Channel index is source * D + feature, as in the reference's 1x1 conv.
         x = x.reshape(batch, segments, length, self.num_sources, features)
         x = jnp.moveaxis(x, 3, 1).reshape(batch * self.num_sources, segments, length, features)
         frames = overlap_add(x, num_frames)  # [batch * C, frames, D]
-        gated = (jnp.tanh(Dense(features, dtype=self.dtype, name="gate_tanh")(frames))
-                 * nn.sigmoid(Dense(features, dtype=self.dtype, name="gate_sigmoid")(frames)))
-        masks = Dense(self.num_filters, use_bias=False, dtype=self.dtype, name="to_filters")(gated)
+        gated = (jnp.tanh(dense(features, name="gate_tanh")(frames))
+                 * nn.sigmoid(dense(features, name="gate_sigmoid")(frames)))
+        masks = dense(self.num_filters, use_bias=False, name="to_filters")(gated)
         masks = MASK_NONLINEARITIES[self.nonlinearity](masks)
         return masks.reshape(batch, self.num_sources, num_frames, self.num_filters)

@@ -1,149 +1,23 @@
 """Layer normalisations: global (gLN, Conv-TasNet / DPRNN / GALR) and per token (LayerNorm).
 
-Both compute their statistics in float32 with matrix-vector products and carry a
-hand-written backward: XLA on CPU rewrites plain reductions into trees of windowed
-reductions, which ran at a few GB/s (see ``_example_means``).
+The arithmetic is in :mod:`galr_jax.kernels.norms` (a reference and a CPU-tuned
+version); ``global_layer_norm``, ``masked_global_layer_norm`` and ``layer_norm`` are
+the tuned functions, importable from here as before.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Optional
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from galr_jax.models.dense import sum_over_other_axes
-from galr_jax.models.scheduling import tied_to
+from galr_jax.kernels import pick
+from galr_jax.kernels.norms import (GLOBAL_LAYER_NORM, LAYER_NORM, MASKED_GLOBAL_LAYER_NORM,
+                                    global_layer_norm, layer_norm, masked_global_layer_norm)
 
-
-def _example_means(x: jnp.ndarray) -> jnp.ndarray:
-    """``[batch, ..., features]`` -> ``[batch, 1, ..., 1]``: each example's mean.
-
-    Summed in two levels of matrix-vector products: over the features, then over the
-    rest. XLA on CPU rewrites one reduction over hundreds of thousands of elements
-    into a tree of windowed reductions, which ran at about 3 GB/s: two of them per gLN
-    took 7 ms of the globally attentive layer's 25 ms forward at galr_1.5m's 4 s
-    shapes. The products stream the data at memory speed; summing in two levels keeps
-    float32 rounding at the level of a pairwise sum.
-    """
-    rows = x.reshape(x.shape[0], -1, x.shape[-1])
-    inner = rows @ jnp.ones((x.shape[-1],), x.dtype)  # [batch, rows]
-    total = inner @ jnp.ones((inner.shape[1],), x.dtype)  # [batch]
-    return (total / (rows.shape[1] * rows.shape[2])).reshape((-1,) + (1,) * (x.ndim - 1))
-
-
-def _masked_example_means(valid: jnp.ndarray, x: jnp.ndarray) -> jnp.ndarray:
-    """``[batch, ..., features]`` -> ``[batch, 1, ..., 1]``: each example's mean over the
-    positions where ``valid`` (bool, broadcastable to ``x.shape[:-1]``) holds.
-
-    The padded-batch statistics of the spec's "Batches with padding": segments (or frames)
-    that exist only because a shorter example was padded are left out. Summed in the same
-    two levels of products as :func:`_example_means`.
-    """
-    inner = x @ jnp.ones((x.shape[-1],), x.dtype)  # [batch, ...]
-    weights = jnp.broadcast_to(valid, inner.shape).astype(x.dtype)
-    rows = (inner * weights).reshape(x.shape[0], -1)
-    count = weights.reshape(x.shape[0], -1) @ jnp.ones((rows.shape[1],), x.dtype)
-    total = rows @ jnp.ones((rows.shape[1],), x.dtype)
-    return (total / (count * x.shape[-1])).reshape((-1,) + (1,) * (x.ndim - 1))
-
-
-def _token_means(x: jnp.ndarray) -> jnp.ndarray:
-    """``[..., features]`` -> ``[..., 1]``: each token's mean over its features, as a
-    matrix-vector product (the reduction XLA would rewrite, see ``_example_means``)."""
-    return (x @ jnp.ones((x.shape[-1],), x.dtype) / x.shape[-1])[..., None]
-
-
-def _normalise_forward(means, x, scale, bias, epsilon):
-    """``(x - mean) / sqrt(var + eps) * scale + bias`` in float32, the mean and the biased
-    variance taken by ``means`` (per example or per token).
-
-    The backward pass gets the input and the statistics, not the normalised values, and
-    recomputes those inside its own elementwise passes. Given the normalised values, XLA
-    fused that recomputation into the backward's passes anyway and kept both the input
-    and the normalised values from the forward pass on (galr_1.5m at 4 s: 8 MB more per
-    gLN in the train step).
-    """
-    x32 = x.astype(jnp.float32)
-    mean = means(x32)
-    centred = x32 - mean
-    inverse_std = jax.lax.rsqrt(means(centred * centred) + epsilon)
-    y = centred * inverse_std * scale + bias
-    return y.astype(x.dtype), (x, mean, inverse_std, scale)
-
-
-def _normalise_backward(means, residuals, dy, weight=None):
-    """With n = (x - mean) r and y = n s + b:
-    dx = r (dn - w (mean(dn) + n mean(dn n))), where dn = dy s, the means are ``means``
-    and w (``weight``, default 1) marks the positions the statistics were taken over.
-    """
-    x, mean, inverse_std, scale = residuals
-    # Tied to dy: untied, XLA merges this with the forward's identical expression.
-    normalised = (tied_to(x, dy).astype(jnp.float32) - mean) * inverse_std
-    dy32 = dy.astype(jnp.float32)
-    d_scale = sum_over_other_axes(dy32 * normalised, (-1,))
-    d_bias = sum_over_other_axes(dy32, (-1,))
-    d_normalised = dy32 * scale
-    statistics = means(d_normalised) + normalised * means(d_normalised * normalised)
-    if weight is not None:
-        statistics = statistics * weight
-    dx = inverse_std * (d_normalised - statistics)
-    return dx.astype(dy.dtype), d_scale, d_bias
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def global_layer_norm(x: jnp.ndarray, scale: jnp.ndarray, bias: jnp.ndarray,
-                      epsilon: float) -> jnp.ndarray:
-    """gLN of ``x`` ``[batch, ..., features]`` in float32, returned in ``x``'s dtype."""
-    return _normalise_forward(_example_means, x, scale, bias, epsilon)[0]
-
-
-global_layer_norm.defvjp(functools.partial(_normalise_forward, _example_means),
-                         lambda epsilon, residuals, dy: _normalise_backward(
-                             _example_means, residuals, dy))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def masked_global_layer_norm(x: jnp.ndarray, valid: jnp.ndarray, scale: jnp.ndarray,
-                             bias: jnp.ndarray, epsilon: float) -> jnp.ndarray:
-    """gLN of ``x`` ``[batch, ..., features]`` with statistics over the positions where
-    ``valid`` (bool, broadcastable to ``x.shape[:-1]``) holds; every position is
-    normalised with them."""
-    return _normalise_forward(functools.partial(_masked_example_means, valid), x, scale, bias,
-                              epsilon)[0]
-
-
-def _masked_forward(x, valid, scale, bias, epsilon):
-    y, residuals = _normalise_forward(functools.partial(_masked_example_means, valid), x, scale,
-                                      bias, epsilon)
-    return y, (residuals, valid)
-
-
-def _masked_backward(epsilon, residuals, dy):
-    residuals, valid = residuals
-    # Positions outside ``valid`` do not enter the statistics: their gradient is only the
-    # direct term r * dn, so the mean terms are weighted by ``valid``.
-    weight = valid[..., None].astype(jnp.float32)
-    dx, d_scale, d_bias = _normalise_backward(functools.partial(_masked_example_means, valid),
-                                              residuals, dy, weight)
-    return dx, None, d_scale, d_bias
-
-
-masked_global_layer_norm.defvjp(_masked_forward, _masked_backward)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def layer_norm(x: jnp.ndarray, scale: jnp.ndarray, bias: jnp.ndarray,
-               epsilon: float) -> jnp.ndarray:
-    """LayerNorm of each token of ``x`` ``[..., features]`` over its features, in float32,
-    returned in ``x``'s dtype."""
-    return _normalise_forward(_token_means, x, scale, bias, epsilon)[0]
-
-
-layer_norm.defvjp(functools.partial(_normalise_forward, _token_means),
-                  lambda epsilon, residuals, dy: _normalise_backward(_token_means, residuals, dy))
+__all__ = ["GlobalLayerNorm", "LayerNorm", "global_layer_norm", "layer_norm",
+           "masked_global_layer_norm"]
 
 
 class LayerNorm(nn.Module):
@@ -151,11 +25,12 @@ class LayerNorm(nn.Module):
 
     Equivalent to torch ``nn.LayerNorm(features, eps)`` and to Flax's ``nn.LayerNorm``
     with ``use_fast_variance=False`` (same parameters, ``scale`` and ``bias``), with
-    statistics in float32 whatever the input dtype; see :func:`layer_norm`.
+    statistics in float32 whatever the input dtype.
 
     Attributes:
       epsilon: added to the variance.
       dtype: output dtype (None: the input's).
+      kernels: ``reference``, ``tuned`` or ``auto`` (:mod:`galr_jax.kernels`).
 
     Shape:
       ``[..., features]`` -> same shape.
@@ -163,13 +38,14 @@ class LayerNorm(nn.Module):
 
     epsilon: float
     dtype: Any = None
+    kernels: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         features = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (features,))
         bias = self.param("bias", nn.initializers.zeros, (features,))
-        y = layer_norm(x, scale, bias, self.epsilon)
+        y = pick(LAYER_NORM, self.kernels)(x, scale, bias, self.epsilon)
         return y if self.dtype is None else y.astype(self.dtype)
 
 
@@ -178,8 +54,7 @@ class GlobalLayerNorm(nn.Module):
 
     Equivalent to torch ``GroupNorm(1, features)``: biased variance, ``eps`` inside the
     square root. Statistics are computed in float32 whatever the input dtype, because
-    a bf16 mean over tens of thousands of elements loses the variance. The per-example
-    means, forward and backward, are matrix-vector products (see ``_example_means``).
+    a bf16 mean over tens of thousands of elements loses the variance.
 
     With ``valid`` the statistics span only the positions it marks: the segments or
     frames of a padded batch that the example has at its own length (spec, "Batches with
@@ -187,6 +62,7 @@ class GlobalLayerNorm(nn.Module):
 
     Attributes:
       epsilon: added to the variance (1e-5 for GALR, 1e-8 for asteroid's DPRNN).
+      kernels: ``reference``, ``tuned`` or ``auto`` (:mod:`galr_jax.kernels`).
 
     Shape:
       ``[batch, ..., features]`` -> same shape and dtype; ``valid``: bool, broadcastable
@@ -194,6 +70,7 @@ class GlobalLayerNorm(nn.Module):
     """
 
     epsilon: float
+    kernels: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, valid: Optional[jnp.ndarray] = None) -> jnp.ndarray:
@@ -201,5 +78,5 @@ class GlobalLayerNorm(nn.Module):
         scale = self.param("scale", nn.initializers.ones, (features,))
         bias = self.param("bias", nn.initializers.zeros, (features,))
         if valid is None:
-            return global_layer_norm(x, scale, bias, self.epsilon)
-        return masked_global_layer_norm(x, valid, scale, bias, self.epsilon)
+            return pick(GLOBAL_LAYER_NORM, self.kernels)(x, scale, bias, self.epsilon)
+        return pick(MASKED_GLOBAL_LAYER_NORM, self.kernels)(x, valid, scale, bias, self.epsilon)

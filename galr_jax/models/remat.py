@@ -1,31 +1,23 @@
-"""Rematerialisation that happens in the backward pass, not beside the forward.
+"""Rematerialisation that happens in the backward pass, for a whole block and for a few
+cheap layers.
 
-One rule (:func:`recompute_in_backward`) serves a whole block (:func:`apply_rematerialised`:
-``runtime.remat``, and GALR's attention under ``runtime.recompute_attention``) and a few cheap
-layers whose kept intermediates cost more memory than recomputing them costs time
-(:func:`apply_recomputed`).
-
-``nn.remat`` (``jax.checkpoint``) only marks the block's forward for recomputation;
-XLA may schedule the recomputed forward as early as it likes. On CPU it runs it
-during the forward pass, next to the original, so every block's residuals are live
-at once and the peak does not fall (docs/benchmarks.md: the galr_1.5m train step at 4 s
-peaked at 3.75 GB plain and 3.76 GB under ``nn.remat``). Here the block's backward rule recomputes the
-forward from an input made to depend on the output's gradient: the recomputation
-cannot start before that gradient exists, so one block's residuals are live at a
-time (XLA still decides how much of their memory it reuses; docs/benchmarks.md has the
-figures).
+One rule (:mod:`galr_jax.kernels.remat`, by the kernel choice) serves a whole block
+(:func:`apply_rematerialised`: ``runtime.remat``, and GALR's attention under
+``runtime.recompute_attention``) and a few cheap layers whose kept intermediates cost
+more memory than recomputing them costs time (:func:`apply_recomputed`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from galr_jax.kernels import pick
+from galr_jax.kernels.remat import RECOMPUTE_IN_BACKWARD
 from galr_jax.models.dropout import DROPOUT
-from galr_jax.models.scheduling import tied_to
 
 
 def apply_rematerialised(block: nn.Module, x: jnp.ndarray, train: bool,
@@ -35,7 +27,8 @@ def apply_rematerialised(block: nn.Module, x: jnp.ndarray, train: bool,
 
     Args:
       block: a child module of the caller (unbound, as created in ``nn.compact``);
-        called as ``block(x, train, mask)``.
+        called as ``block(x, train, mask)``. Its ``kernels`` attribute picks how the
+        recomputation is scheduled.
       x: the block's input, e.g. ``[batch, segments, K, D]``.
       train: static training flag, passed to the block.
       dropout_key: the block's ``dropout`` rng when it draws one (training with
@@ -56,54 +49,20 @@ def apply_rematerialised(block: nn.Module, x: jnp.ndarray, train: bool,
         rngs = {DROPOUT: key} if key is not None else {}
         return template.apply({"params": variables}, x, train, mask, rngs=rngs)
 
-    return recompute_in_backward(pure, x, block.variables["params"], dropout_key, mask)
-
-
-def recompute_in_backward(fn: Callable[..., jnp.ndarray], x: jnp.ndarray, *params: Any
-                          ) -> jnp.ndarray:
-    """``fn(x, *params)``, keeping only ``x`` and ``params`` for the backward pass.
-
-    The backward pass reruns ``fn`` on ``x`` tied (:func:`tied_to`) to the output's
-    gradient, so the recomputation cannot be scheduled before that gradient exists, nor
-    merged with the forward pass's identical expressions.
-
-    Args:
-      fn: a pure function of arrays (and pytrees of arrays).
-      x: its first argument, the one its intermediates are recomputed from.
-      params: its other arguments (weights; integer arrays such as random keys get
-        zero cotangents).
-
-    Returns:
-      ``fn(x, *params)``.
-    """
-
-    @jax.custom_vjp
-    def call(x, params):
-        return fn(x, *params)
-
-    def forward(x, params):
-        return fn(x, *params), (x, params)
-
-    def backward(residuals, d_out):
-        x, params = residuals
-        # A data dependency, not an optimization barrier: XLA on CPU removes barriers
-        # before it schedules. The tie costs one pass over x.
-        _, vjp = jax.vjp(lambda x, params: fn(x, *params), tied_to(x, d_out), params)
-        return vjp(d_out)
-
-    call.defvjp(forward, backward)
-    return call(x, params)
+    recompute = pick(RECOMPUTE_IN_BACKWARD, block.kernels)
+    return recompute(pure, x, block.variables["params"], dropout_key, mask)
 
 
 def apply_recomputed(x: jnp.ndarray, *modules: nn.Module,
                      last_input: Optional[jnp.ndarray] = None) -> jnp.ndarray:
     """Applies ``modules`` in turn to ``x``; the backward pass recomputes their
-    intermediates from ``x`` (:func:`recompute_in_backward`) instead of keeping them.
+    intermediates from ``x`` instead of keeping them.
 
     Args:
       x: the first module's input.
       modules: parameter-only child modules of the caller (unbound, as created in
         ``nn.compact``), each called as ``module(x)``; their parameters keep their names.
+        The first one's ``kernels`` attribute picks how the recomputation is scheduled.
       last_input: if given, a second argument of the last module (a mask).
 
     Returns:
@@ -122,5 +81,5 @@ def apply_recomputed(x: jnp.ndarray, *modules: nn.Module,
             x = template.apply({"params": variables}, x, *(extra if last else ()))
         return x
 
-    return recompute_in_backward(pure, x, extra,
-                                 *(module.variables["params"] for module in modules))
+    recompute = pick(RECOMPUTE_IN_BACKWARD, modules[0].kernels)
+    return recompute(pure, x, extra, *(module.variables["params"] for module in modules))

@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from galr_jax.config import Config, ModelConfig, RuntimeConfig
+from galr_jax.kernels import resolve as resolve_kernels
 from galr_jax.models.dense import Dense
 from galr_jax.models.dprnn import DPRNNBlock
 from galr_jax.models.dropout import DROPOUT
@@ -27,7 +28,7 @@ class SeparationModel(nn.Module):
 
     Attributes:
       config: the model section of the run config (the architecture).
-      runtime: how it is computed (dtype, recomputation, unrolling).
+      runtime: how it is computed (dtype, recomputation, unrolling, kernels).
 
     Shape:
       ``[batch, time]`` float32 -> ``[batch, C, time]`` float32, for any ``time >= 1``.
@@ -56,6 +57,11 @@ class SeparationModel(nn.Module):
         """Whether ``train=True`` draws random numbers (and so needs a ``dropout`` rng)."""
         return self.config.separator == "galr" and self.config.attention_dropout > 0
 
+    @property
+    def kernels(self) -> str:
+        """``reference`` or ``tuned``: ``runtime.kernels`` with ``auto`` decided."""
+        return resolve_kernels(self.runtime.kernels)
+
     def _block(self, index: int) -> nn.Module:
         c, r = self.config, self.runtime
         dtype = COMPUTE_DTYPES[r.compute_dtype]
@@ -63,8 +69,9 @@ class SeparationModel(nn.Module):
             return GALRBlock(c.hidden, c.num_heads, c.low_dim, c.attention_dropout,
                              c.attention_residual, c.norm_eps, r.lstm_unroll, dtype,
                              recompute_attention=r.recompute_attention and not r.remat,
-                             name=f"blocks_{index}")
-        return DPRNNBlock(c.hidden, c.norm_eps, r.lstm_unroll, dtype, name=f"blocks_{index}")
+                             kernels=self.kernels, name=f"blocks_{index}")
+        return DPRNNBlock(c.hidden, c.norm_eps, r.lstm_unroll, dtype, kernels=self.kernels,
+                          name=f"blocks_{index}")
 
     @nn.compact
     def __call__(self, mixture: jnp.ndarray, train: bool = False,
@@ -86,9 +93,10 @@ class SeparationModel(nn.Module):
         encoded = Encoder(c.num_filters, c.window, dtype, name="encoder")(mixture)  # [B, F, N]
         x = encoded
         if c.separator == "dprnn":
-            x = GlobalLayerNorm(c.norm_eps, name="input_norm")(
+            x = GlobalLayerNorm(c.norm_eps, self.kernels, name="input_norm")(
                 x, None if valid is None else valid.frames)
-        x = Dense(c.features, use_bias=c.separator == "dprnn", dtype=dtype, name="bottleneck")(x)
+        x = Dense(c.features, use_bias=c.separator == "dprnn", dtype=dtype, kernels=self.kernels,
+                  name="bottleneck")(x)
         if valid is not None and c.separator == "dprnn":
             # The bottleneck's bias would make the frames past the length differ from the
             # segmentation's zero padding of the exact-length run.
@@ -102,7 +110,7 @@ class SeparationModel(nn.Module):
                 x = apply_rematerialised(block, x, train, key, segment_valid)
             else:
                 x = block(x, train, segment_valid)
-        masks = MaskHead(c.num_sources, c.num_filters, c.mask_nonlinearity, dtype,
+        masks = MaskHead(c.num_sources, c.num_filters, c.mask_nonlinearity, dtype, self.kernels,
                          name="mask_head")(x, encoded.shape[1])  # [B, C, F, N]
         separated = Decoder(c.window, dtype, name="decoder")(encoded[:, None] * masks, length)
         separated = separated.astype(jnp.float32)
@@ -142,8 +150,10 @@ def build_model(config: Config | ModelConfig,
     """The Flax module for ``config`` (a full :class:`Config` or its ``model`` section).
 
     ``runtime`` defaults to a full config's own section, else to :class:`RuntimeConfig`'s
-    defaults.
+    defaults. ``runtime.kernels: auto`` is decided here, for JAX's default backend.
     """
     if isinstance(config, Config):
-        return SeparationModel(config.model, runtime or config.runtime)
-    return SeparationModel(config, runtime or RuntimeConfig())
+        config, runtime = config.model, runtime or config.runtime
+    runtime = runtime or RuntimeConfig()
+    return SeparationModel(config, dataclasses.replace(
+        runtime, kernels=resolve_kernels(runtime.kernels)))
