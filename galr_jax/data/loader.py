@@ -52,8 +52,9 @@ _EXAMPLE_STREAM = 1
 _MAX_SHUFFLE_SEED = 2 ** 32 - 1
 # An endless run still needs a length for grain's MapDataset; steps beyond it never come.
 _ENDLESS = sys.maxsize
-# Batches the device placement runs ahead of the step that takes them (the transfer of
-# step N + 1's batch overlaps step N), as flax.jax_utils.prefetch_to_device(size=2).
+# Batches grain's last prefetch thread (which runs the device placement) keeps ready
+# ahead of the step that takes them: the transfer of step N + 1's batch overlaps step N,
+# as flax.jax_utils.prefetch_to_device(size=2).
 DEVICE_AHEAD = 1
 THREAD_NAME = "galr-data"
 
@@ -265,19 +266,66 @@ class _MakeBatch(grain.transforms.Map):
             self._pool = None
 
 
+class _Positioned:
+    """grain's batch iterator, started at any step without decoding the batches before it.
+
+    grain positions an iterator by index only without worker processes or with one
+    (``set_next_index``); with several, only its own saved state can. So the pipeline is
+    built from the step it starts at (``first_step``), and the state this iterator
+    reports, ``{first_step, next_step, workers, pipeline}``, carries that step beside
+    grain's own state. Setting a state rebuilds the pipeline from its ``first_step`` and
+    hands grain its state back; a state without one (:meth:`BatchIterator.move_to`), or
+    from another number of worker processes (whose grain state has another structure),
+    starts afresh at ``next_step``: batches being a pure function of the step, both give
+    the same batches.
+    """
+
+    def __init__(self, build: Callable[[int], grain.DatasetIterator], workers: int,
+                 put: Optional[Callable[[Any], Any]]):
+        self._build = build
+        self._workers = workers
+        self._put = put
+        self._first = self._next = 0
+        self._iterator = build(0)
+
+    def __next__(self) -> tuple[Any, Problems]:
+        batch, problems = next(self._iterator)
+        self._next += 1
+        return (batch if self._put is None else self._put(batch)), problems
+
+    def get_state(self) -> dict[str, Any]:
+        return {"first_step": self._first, "next_step": self._next, "workers": self._workers,
+                "pipeline": self._iterator.get_state()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        fits = state.get("pipeline") is not None and state.get("workers") == self._workers
+        first = int(state["first_step"]) if fits else int(state["next_step"])
+        self._iterator.close()
+        self._iterator = self._build(first)
+        if fits:
+            self._iterator.set_state(state["pipeline"])
+        self._first, self._next = first, int(state["next_step"])
+
+    def close(self) -> None:
+        self._iterator.close()
+
+
 class BatchIterator:
     """Batches of one :meth:`TrainLoader.iterate` call: an iterator and a context manager.
 
-    ``grain_iterator`` is the underlying ``grain.DatasetIterator``: its ``get_state()`` is
-    the position after the batch last returned (what a checkpoint saves), and
-    :meth:`position` / :meth:`move_to` read and set the next step. An exception while
-    making a batch reaches the consumer from ``next`` and closes the iterator.
+    ``grain_iterator`` is a ``grain.DatasetIterator`` (grain's thread prefetch, which also
+    runs the device placement ahead): its ``get_state()`` is the position after the
+    batch last returned, which is what a checkpoint saves. An exception while making a
+    batch reaches the consumer from ``next`` and closes the iterator.
     """
 
-    def __init__(self, loader: "TrainLoader", grain_iterator: grain.DatasetIterator,
-                 make_batch: _MakeBatch):
+    def __init__(self, loader: "TrainLoader", positioned: _Positioned, make_batch: _MakeBatch):
         self._loader = loader
-        self.grain_iterator = grain_iterator
+        self._positioned = positioned
+        # Never 0: grain's checkpoint restore starts this thread, and one without a
+        # buffer bound would race the consumer for the batches.
+        self.grain_iterator = grain.experimental.ThreadPrefetchDatasetIterator(
+            positioned, prefetch_buffer_size=DEVICE_AHEAD)
         self._make_batch = make_batch
         self.closed = False
 
@@ -297,11 +345,11 @@ class BatchIterator:
 
     def position(self) -> int:
         """The global step of the next batch."""
-        return grain.experimental.get_next_index(self.grain_iterator)
+        return int(self.grain_iterator.get_state()["next_step"])
 
     def move_to(self, step: int) -> None:
         """Makes ``step`` the next batch (nothing is decoded to get there)."""
-        grain.experimental.set_next_index(self.grain_iterator, step)
+        self.grain_iterator.set_state({"first_step": step, "next_step": step, "pipeline": None})
 
     def close(self) -> None:
         """Stops grain's threads and processes and the decoding threads (idempotent)."""
@@ -310,6 +358,7 @@ class BatchIterator:
         self.closed = True
         try:
             self.grain_iterator.close()
+            self._positioned.close()
         finally:
             self._make_batch.close()
 
@@ -318,6 +367,16 @@ class BatchIterator:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _parse_absl_flags() -> None:
+    """grain 0.2.18 reads one of its absl flags (worker profiling) when it starts worker
+    processes, which fails in a program that never parsed absl flags (ours: argparse);
+    marking them parsed leaves every flag at its default."""
+    from absl import flags  # grain's dependency
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
 
 
 class TrainLoader:
@@ -486,18 +545,21 @@ class TrainLoader:
         batches, make_batch = self._batches(end, threads)
         read = (grain.ReadOptions(num_threads=1, prefetch_buffer_size=self.prefetch) if threads
                 else grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
-        pipeline = batches.to_iter_dataset(read)
         if self.workers:
+            _parse_absl_flags()
             if self.dynamic_mixing and self.example.augmenter is not None \
                     and self.example.augmenter.config.reverb_prob:
                 self.example.augmenter.rooms()  # once here, not once per worker process
-            pipeline = pipeline.mp_prefetch(grain.MultiprocessingOptions(
-                num_workers=self.workers, per_worker_buffer_size=self.prefetch))
-        if put is not None:
-            pipeline = pipeline.map(lambda item: (put(item[0]), item[1]))
-            pipeline = grain.experimental.ThreadPrefetchIterDataset(
-                pipeline, prefetch_buffer_size=DEVICE_AHEAD)
-        iterator = BatchIterator(self, iter(pipeline), make_batch)
+        processes = grain.MultiprocessingOptions(num_workers=self.workers,
+                                                 per_worker_buffer_size=self.prefetch)
+
+        def build(first_step: int) -> grain.DatasetIterator:
+            pipeline = batches[first_step:].to_iter_dataset(read)
+            if self.workers:
+                pipeline = pipeline.mp_prefetch(processes)
+            return iter(pipeline)
+
+        iterator = BatchIterator(self, _Positioned(build, self.workers, put), make_batch)
         if start_step:
             iterator.move_to(start_step)
         self._open_iterators = [i for i in self._open_iterators if not i.closed] + [iterator]

@@ -134,19 +134,11 @@ class TrainCheckpointer:
 
     def _restore_data_iterator(self, step: int, iterator: grain.DatasetIterator) -> bool:
         """Puts grain's saved state of ``step`` back into ``iterator``; False if the step has
-        none (saved before the grain pipeline) or it does not fit this pipeline (e.g.
-        ``data.workers`` changed the iterator's structure), which the caller positions by
-        the step instead (batches are a pure function of the step)."""
+        none (saved before the grain pipeline), which the caller positions by the step."""
         if not (self.directory / str(step) / DATA_ITERATOR).exists():
             return False
-        try:
-            self._manager.restore(step, args=ocp.args.Composite(**{
-                DATA_ITERATOR: grain.checkpoint.CheckpointRestore(iterator)}))
-        except (KeyError, ValueError, TypeError, IndexError) as e:
-            log.warning("%s: the saved data iterator state does not fit this input pipeline "
-                        "(%s: %s); positioning it by the step", self.directory / str(step),
-                        type(e).__name__, e)
-            return False
+        self._manager.restore(step, args=ocp.args.Composite(**{
+            DATA_ITERATOR: grain.checkpoint.CheckpointRestore(iterator)}))
         return True
 
     def _restore_step(self, step: int,
