@@ -1,8 +1,8 @@
 """Examples/s of the training loader alone (the grain pipeline), 0, 1 and 2 worker processes.
 
 Usage:
-  python benchmarks/loader.py --data data/realpool [--workers 0 1 2] [--batches 6]
-                              [--warmup 2] [--threads 0] [--json FILE]
+  python benchmarks/loader.py --data data/realpool [--workers 0 1 2] [--batches 30]
+                              [--warmup 2] [--threads 0] [--prefetch 1] [--json FILE]
   python benchmarks/loader.py --step-gflop [--config galr_1.5m]
 
 The recipe is configs/pretrained/galr_voices_8k.yaml (8 kHz, dynamic mixing, speed,
@@ -34,7 +34,7 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from galr_jax.config import load_config  # noqa: E402
+from galr_jax.config import add_override_argument, load_config  # noqa: E402
 from galr_jax.data import make_train_loader, open_split  # noqa: E402
 
 RECIPE = REPO / "configs" / "pretrained" / "galr_voices_8k.yaml"
@@ -74,10 +74,14 @@ def main(argv=None) -> None:
                         help="print the train step's GFLOP per 4 s example and stop")
     parser.add_argument("--config", default="galr_1.5m", help="model for --step-gflop")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--batches", type=int, default=6, help="timed batches per count")
+    parser.add_argument("--batches", type=int, default=30, help="timed batches per count")
     parser.add_argument("--warmup", type=int, default=2, help="untimed batches per count")
     parser.add_argument("--threads", type=int, default=0, help="data.num_workers")
+    parser.add_argument("--prefetch", type=int, default=1,
+                        help="data.prefetch: batches buffered per process; small, so that "
+                             "batches made during the warm-up do not count as timed ones")
     parser.add_argument("--json", help="also write the figures here")
+    add_override_argument(parser, dest="set")
     args = parser.parse_args(argv)
     if args.step_gflop:
         print(f"{args.config}: train step {step_gflop(args.config):.2f} GFLOP (matrix products) "
@@ -87,16 +91,19 @@ def main(argv=None) -> None:
         parser.error("--data is required (a built pool or demo data folder)")
 
     results = {"recipe": str(RECIPE.relative_to(REPO)), "crop_seconds": CROP_SECONDS,
-               "data": args.data, "threads": args.threads, "cpus": os.cpu_count(),
+               "data": args.data, "overrides": args.set, "threads": args.threads, "prefetch": args.prefetch, "cpus": os.cpu_count(),
                "load_average_before": os.getloadavg()[0], "workers": {}}
     config = load_config(str(RECIPE), [f"data.root={args.data}",
                                        f"data.crop_seconds={CROP_SECONDS}",
-                                       f"data.num_workers={args.threads}"])
+                                       f"data.num_workers={args.threads}",
+                                       f"data.prefetch={args.prefetch}", *args.set])
     with tempfile.TemporaryDirectory() as cache:
         dataset = open_split(config.data, config.data.train_split, config.model.num_sources, cache)
         loader = make_train_loader(config, dataset)
+        augmenter = getattr(loader.example, "augmenter", None)
         start = time.perf_counter()
-        loader.example.augmenter.rooms()  # once; worker processes receive it
+        if augmenter is not None and augmenter.config.reverb_prob:
+            augmenter.rooms()  # once; worker processes receive it
         results["room_bank_seconds"] = time.perf_counter() - start
         for count in args.workers:
             loader.workers = count  # data.workers
