@@ -34,6 +34,7 @@ import concurrent.futures
 import dataclasses
 import math
 import sys
+import threading
 from typing import Any, Callable, Iterator, Optional
 
 import grain
@@ -241,18 +242,30 @@ class _MakeBatch(grain.transforms.Map):
         self.pads = pads
         self.num_threads = num_threads
         self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._closed = False
+        self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_pool": None}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_pool", "_lock")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _pool=None, _lock=threading.Lock())
+
+    def _executor(self) -> Optional[concurrent.futures.ThreadPoolExecutor]:
+        # After close, a batch that grain's reader thread still finishes (grain does not
+        # wait for it) decodes without threads rather than starting new ones.
+        with self._lock:
+            if self._closed or not self.num_threads:
+                return None
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(self.num_threads, THREAD_NAME)
+            return self._pool
 
     def map(self, indices: np.ndarray) -> tuple[dict[str, np.ndarray], Problems]:
         keys = [int(x) for x in indices]
-        if self.num_threads:
-            if self._pool is None:
-                self._pool = concurrent.futures.ThreadPoolExecutor(self.num_threads, THREAD_NAME)
-            examples = list(self._pool.map(self.example.map, keys))
-        else:
-            examples = [self.example.map(x) for x in keys]
+        pool = self._executor()
+        examples = (list(pool.map(self.example.map, keys)) if pool is not None
+                    else [self.example.map(x) for x in keys])
         batch = {"mixture": np.stack([e.mixture for e in examples]).astype(np.float32),
                  "sources": np.stack([e.sources for e in examples]).astype(np.float32)}
         if self.pads:
@@ -261,9 +274,10 @@ class _MakeBatch(grain.transforms.Map):
 
     def close(self) -> None:
         """Stops this process's threads (waits for running work)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        with self._lock:
+            self._closed, pool, self._pool = True, self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _Positioned:
@@ -399,10 +413,10 @@ class TrainLoader:
         reaches the consumer. The replacement is deterministic, so resumption stays exact.
       augmenter: with dynamic mixing, augments each example's sources (speed, band,
         reverberation, level) from a generator seeded by the example's own generator.
-      num_workers: threads decoding the rows of a batch; 0 decodes in the thread that
-        makes the batch.
-      prefetch: batches grain makes ahead of the consumer (with ``num_workers > 0``;
-        per worker process with ``workers > 0``).
+      num_workers: threads decoding the rows of a batch; 0 decodes them in the thread
+        that makes the batch.
+      prefetch: batches grain makes ahead of the consumer (in each worker process with
+        ``workers > 0``).
       workers: grain worker processes making batches (0: none, the batches are made in
         this process).
       process_index, process_count: this process's slice of the global batch (in
@@ -541,10 +555,10 @@ class TrainLoader:
           processes.
         """
         end = _ENDLESS if num_steps is None else start_step + num_steps
-        threads = self.num_workers
-        batches, make_batch = self._batches(end, threads)
-        read = (grain.ReadOptions(num_threads=1, prefetch_buffer_size=self.prefetch) if threads
-                else grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+        batches, make_batch = self._batches(end, self.num_workers)
+        # One grain thread makes batches ahead, in order; the rows of each decode in the
+        # batch's own threads (_MakeBatch).
+        read = grain.ReadOptions(num_threads=1, prefetch_buffer_size=self.prefetch)
         if self.workers:
             _parse_absl_flags()
             if self.dynamic_mixing and self.example.augmenter is not None \
