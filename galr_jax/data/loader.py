@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import logging
 import math
 import sys
 import threading
@@ -46,6 +47,7 @@ from galr_jax.data.datasets import BAD_FILE_POLICIES, DatasetError, MixtureDatas
 from galr_jax.data.prefetch import OrderedPrefetcher
 
 SHORT_POLICIES = ("pad", "drop")
+log = logging.getLogger(__name__)
 # First entropy word of every example generator, so it never coincides with another
 # stream seeded from the same run seed (the augmenter's rooms use 7).
 _EXAMPLE_STREAM = 1
@@ -313,6 +315,10 @@ class _Positioned:
 
     def set_state(self, state: dict[str, Any]) -> None:
         fits = state.get("pipeline") is not None and state.get("workers") == self._workers
+        if state.get("pipeline") is not None and not fits:
+            log.info("the saved data iterator state is from %s worker processes, now %d: the "
+                     "input starts afresh at step %d (the same batches)", state.get("workers"),
+                     self._workers, state["next_step"])
         first = int(state["first_step"]) if fits else int(state["next_step"])
         self._iterator.close()
         self._iterator = self._build(first)
