@@ -14,7 +14,8 @@ other work slows both alike:
   with ``.item()`` right after it, so the host waits for every step, and the device
   idles while the host fetches the next batch and dispatches.
 * ``busy`` (B), :func:`galr_jax.training.train_and_evaluate` now: batches placed on the
-  devices one step ahead (:func:`prefetch_to_device`), metrics held on the devices
+  devices one step ahead (``TrainLoader.iterate(put=...)``, in grain's prefetch
+  thread), metrics held on the devices
   (:class:`PendingMetrics`: the host waits only for the step *before* the one it just
   queued) and fetched every ``train.log_every`` steps.
 
@@ -48,10 +49,9 @@ import numpy as np  # noqa: E402
 
 from galr_jax.config import add_override_argument, load_config  # noqa: E402
 from galr_jax.data import make_train_loader, open_split  # noqa: E402
-from galr_jax.data.prefetch import prefetch_to_device  # noqa: E402
 from galr_jax.host_memory import keep_freed_memory_on_cpu  # noqa: E402
 from galr_jax.training import create_train_state  # noqa: E402
-from galr_jax.training.loop import DEVICE_PREFETCH, build_train_step  # noqa: E402
+from galr_jax.training.loop import build_train_step  # noqa: E402
 from galr_jax.training.parallel import PendingMetrics, PmapParallel  # noqa: E402
 
 WARMUP_STEPS = 3  # after the compiling step: first calls still allocate and fault pages in
@@ -78,8 +78,8 @@ def run_per_step(parallel, state, host_batches, steps, log_every):
     return state, time.perf_counter() - start, host
 
 
-def run_busy(parallel, state, host_batches, steps, log_every):
-    batches = prefetch_to_device(host_batches, parallel.put_batch, DEVICE_PREFETCH)
+def run_busy(parallel, state, batches, steps, log_every):
+    """``batches`` are already being placed on the devices ahead (see :func:`_iterate`)."""
     pending = PendingMetrics(parallel)
     host = []
     start = time.perf_counter()
@@ -108,6 +108,10 @@ def run_step_only(parallel, state, host_batches, steps, log_every):
 PATTERNS = {"per-step": run_per_step, "busy": run_busy, "step-only": run_step_only}
 
 
+def _iterate(loader, parallel, name, position, steps):
+    return loader.iterate(position, steps, put=parallel.put_batch if name == "busy" else None)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
@@ -128,16 +132,17 @@ def main(argv=None) -> None:
     position = 0
     with loader:
         # Compile, and warm up both patterns' paths.
-        warmup = 1 + len(PATTERNS) * WARMUP_STEPS
-        with loader.iterate(position, warmup) as host_batches:
+        with loader.iterate(position, 1) as host_batches:
             state, metrics = parallel.step(state, parallel.put_batch(next(host_batches)), 1.0)
             parallel.get_metrics(metrics)
-            for run in PATTERNS.values():
+        position += 1
+        for name, run in PATTERNS.items():
+            with _iterate(loader, parallel, name, position, WARMUP_STEPS) as host_batches:
                 state, _, _ = run(parallel, state, host_batches, WARMUP_STEPS, t.log_every)
-        position += warmup
+            position += WARMUP_STEPS
         for round_ in range(args.rounds):
             for name, run in PATTERNS.items():
-                with loader.iterate(position, args.steps) as host_batches:
+                with _iterate(loader, parallel, name, position, args.steps) as host_batches:
                     state, seconds, host = run(parallel, state, host_batches, args.steps,
                                                t.log_every)
                 position += args.steps

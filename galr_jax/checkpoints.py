@@ -34,6 +34,7 @@ from galr_jax.config import Config, config_from_saved, config_to_dict, saved_con
 from galr_jax.models import build_model
 
 PARAMS, TRAIN_STATE, META = "params", "train_state", "meta"
+DATA_ITERATOR = "data_iterator"  # grain's iterator state, saved by training only
 CHECKPOINT_SUBDIR = "checkpoints"
 BEST_METRIC = "val_si_snri"
 
@@ -85,7 +86,7 @@ def make_manager(directory: PathLike, keep_last: int = 3, keep_best: int = 1,
         preservation_policy=policy, enable_async_checkpointing=async_save, read_only=read_only,
         create=not read_only, best_fn=lambda m: m[BEST_METRIC], best_mode="max")
     return ocp.CheckpointManager(as_path(directory), options=options,
-                                 item_names=(PARAMS, TRAIN_STATE, META))
+                                 item_names=(PARAMS, TRAIN_STATE, META, DATA_ITERATOR))
 
 
 def abstract_variables(config: Config) -> Any:

@@ -121,8 +121,9 @@ class DataConfig:
     augment_band_prob: float = 0.0  # per source: probability of a random band-limit
     augment_reverb_prob: float = 0.0  # per example: probability of a simulated room
     augment_rooms: int = 64  # simulated rooms, computed once from train.seed
-    num_workers: int = 2  # decoding threads; 0 decodes in the consumer's thread
+    num_workers: int = 2  # threads decoding a batch's rows; 0 decodes in one thread
     prefetch: int = 4  # batches decoded ahead
+    workers: int = 0  # grain worker processes making training batches; 0: none (CPU default)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -382,6 +383,8 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"data.crop_seconds: must be positive, got {d.crop_seconds}")
     if d.num_workers < 0:
         raise ConfigError(f"data.num_workers: must be 0 or more, got {d.num_workers}")
+    if d.workers < 0:
+        raise ConfigError(f"data.workers: must be 0 or more, got {d.workers}")
     if d.prefetch <= 0:
         raise ConfigError(f"data.prefetch: must be positive, got {d.prefetch}")
     if d.dynamic_mixing_gain_db < 0:

@@ -2,7 +2,8 @@
 
 ``audio``: read/write mono files with precise errors. ``datasets``: wsj0-mix and
 LibriMix readers. ``index``: the cached length index. ``loader``: deterministic
-training crops and in-order utterances. ``prefetch``: background decoding.
+training crops (a grain pipeline) and in-order utterances. ``prefetch``: background
+decoding of whole utterances.
 ``voices``: offline speech for the demo set.
 """
 

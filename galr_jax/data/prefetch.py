@@ -1,16 +1,16 @@
-"""Ordered, bounded background decoding with threads, and placing batches ahead.
+"""Ordered, bounded background decoding of whole utterances with threads.
 
-Decoding audio is I/O plus a little numpy, both of which release the GIL, so plain
-threads keep a training step fed without the start-up cost and pickling rules of
-worker processes. :func:`prefetch_to_device` then starts each batch's transfer to the
-devices a step before the step that takes it.
+Validation and evaluation read each utterance of a split once, in order
+(:class:`galr_jax.data.loader.UtteranceReader`); decoding audio is I/O plus a little
+numpy, both of which release the GIL, so plain threads suffice there. Training batches
+come from a grain pipeline instead (:class:`galr_jax.data.loader.TrainLoader`), which
+also places them on the devices ahead of the step.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
-import itertools
 from typing import Callable, Generic, Iterable, Iterator, TypeVar
 
 Item = TypeVar("Item")
@@ -94,22 +94,3 @@ class OrderedPrefetcher(Generic[Result]):
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def prefetch_to_device(items: Iterable[Item], put: Callable[[Item], Result],
-                       size: int = 2) -> Iterator[Result]:
-    """Yields ``put(item)`` for each item, with ``size`` items put ahead of the consumer.
-
-    ``put`` starts an asynchronous transfer (``jax.device_put`` to the step's layout,
-    e.g. :meth:`galr_jax.training.parallel.DataParallel.put_batch`). With ``size=2``
-    the batch of step ``N + 1`` is put before step ``N`` is dispatched, so its transfer
-    overlaps step ``N``'s computation, as in ``flax.jax_utils.prefetch_to_device``.
-    Kept here without JAX so the data package stays free of it.
-    """
-    if size < 1:
-        raise ValueError(f"size must be >= 1, got {size}")
-    items = iter(items)
-    queue = collections.deque(put(item) for item in itertools.islice(items, size))
-    while queue:
-        yield queue.popleft()
-        queue.extend(put(item) for item in itertools.islice(items, 1))

@@ -2,7 +2,9 @@
 
 Each step folder holds ``params`` (``{'params': ...}``, what inference reads),
 ``train_state`` (optimizer state, step, RNG key data, skip counters, the plateau
-schedule and the data position) and ``meta`` (JSON: step, full config, metrics).
+schedule and the data position), ``meta`` (JSON: step, full config, metrics) and, from
+training, ``data_iterator``: grain's iterator state, one JSON file per process
+(``grain.checkpoint.CheckpointSave``), which resumption puts back into the iterator.
 Every item is written from host numpy copies, so saving and restoring work the
 same for both parallel backends and on any number of hosts.
 
@@ -31,12 +33,13 @@ import logging
 import math
 from typing import Any, Mapping, NamedTuple, Optional
 
+import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
 from galr_jax import checkpoints
-from galr_jax.checkpoints import META, PARAMS, TRAIN_STATE, CheckpointError
+from galr_jax.checkpoints import DATA_ITERATOR, META, PARAMS, TRAIN_STATE, CheckpointError
 from galr_jax.config import Config, ConfigError, config_from_saved, config_to_dict, saved_config_dict
 from galr_jax.training.optim import PlateauSchedule
 from galr_jax.training.state import TrainState
@@ -48,12 +51,14 @@ log = logging.getLogger(__name__)
 
 
 class Restored(NamedTuple):
-    """A resumed run: host state, plateau schedule, data position and the step's metrics."""
+    """A resumed run: host state, plateau schedule, data position and the step's metrics;
+    ``data_iterator_restored`` says whether grain's iterator state was put back."""
 
     state: TrainState
     schedule: PlateauSchedule
     data_position: dict[str, int]
     metrics: dict[str, float]
+    data_iterator_restored: bool = False
 
 
 def _host(tree: Any) -> Any:
@@ -127,7 +132,17 @@ class TrainCheckpointer:
         """Complete steps on disk, oldest first."""
         return sorted(self._manager.all_steps())
 
-    def _restore_step(self, step: int) -> Restored:
+    def _restore_data_iterator(self, step: int, iterator: grain.DatasetIterator) -> bool:
+        """Puts grain's saved state of ``step`` back into ``iterator``; False if the step has
+        none (saved before the grain pipeline), which the caller positions by the step."""
+        if not (self.directory / str(step) / DATA_ITERATOR).exists():
+            return False
+        self._manager.restore(step, args=ocp.args.Composite(**{
+            DATA_ITERATOR: grain.checkpoint.CheckpointRestore(iterator)}))
+        return True
+
+    def _restore_step(self, step: int,
+                      data_iterator: Optional[grain.DatasetIterator] = None) -> Restored:
         meta = self._manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
         check_model_config(meta["config"], self.config, f"{self.directory / str(step)}")
         schedule_target = {k: np.zeros((), np.float64) for k in PlateauSchedule().state_dict()}
@@ -155,10 +170,18 @@ class TrainCheckpointer:
         schedule = PlateauSchedule.from_state_dict(
             {k: v.item() for k, v in train_state["schedule"].items()})
         position = {k: int(v) for k, v in train_state["data_position"].items()}
-        return Restored(state, schedule, position, dict(meta.get("metrics") or {}))
+        iterator_restored = (data_iterator is not None
+                             and self._restore_data_iterator(step, data_iterator))
+        return Restored(state, schedule, position, dict(meta.get("metrics") or {}),
+                        iterator_restored)
 
-    def restore_latest(self) -> Optional[Restored]:
+    def restore_latest(self, data_iterator: Optional[grain.DatasetIterator] = None
+                       ) -> Optional[Restored]:
         """The newest finalized step, or None for a fresh run.
+
+        Args:
+          data_iterator: the training input's grain iterator; the step's saved iterator
+            state is put back into it (see :attr:`Restored.data_iterator_restored`).
 
         Raises:
           ConfigError: the checkpoint was written for another architecture.
@@ -171,7 +194,7 @@ class TrainCheckpointer:
             return None
         step = steps[-1]
         try:
-            return self._restore_step(step)
+            return self._restore_step(step, data_iterator)
         except (ConfigError, CheckpointError):
             raise
         except Exception as e:  # noqa: BLE001 -- every failure is reported, none is guessed at
@@ -187,7 +210,8 @@ class TrainCheckpointer:
                         self.directory, ", ".join(names), start)
 
     def save(self, state: TrainState, schedule: PlateauSchedule, data_position: Mapping[str, int],
-             metrics: Optional[Mapping[str, float]] = None) -> None:
+             metrics: Optional[Mapping[str, float]] = None,
+             data_iterator: Optional[grain.DatasetIterator] = None) -> None:
         """Starts saving ``state`` (host arrays) at its step; asynchronous if configured.
 
         Args:
@@ -195,6 +219,9 @@ class TrainCheckpointer:
           schedule: the plateau schedule to resume with.
           data_position: ``epoch``, ``step_in_epoch`` and ``steps_per_epoch``.
           metrics: validation metrics of this step (``val_si_snri`` ranks the best).
+          data_iterator: the training input's grain iterator, positioned after this
+            step's batch; its state is read now (before this returns), even when the
+            rest of the save is asynchronous.
 
         Raises:
           CheckpointError: the save (or a previous asynchronous one) failed.
@@ -205,12 +232,15 @@ class TrainCheckpointer:
         finite = {k: float(v) for k, v in (metrics or {}).items() if math.isfinite(float(v))}
         meta = {"step": step, "config": saved_config_dict(self.config), "metrics": finite}
         ranked = finite if checkpoints.BEST_METRIC in finite else None
+        items = {
+            PARAMS: ocp.args.StandardSave({"params": _host(state.params)}),
+            TRAIN_STATE: ocp.args.StandardSave(_train_state_item(state, schedule, data_position)),
+            META: ocp.args.JsonSave(meta),
+        }
+        if data_iterator is not None:
+            items[DATA_ITERATOR] = grain.checkpoint.CheckpointSave(data_iterator)
         try:
-            self._manager.save(step, args=ocp.args.Composite(**{
-                PARAMS: ocp.args.StandardSave({"params": _host(state.params)}),
-                TRAIN_STATE: ocp.args.StandardSave(_train_state_item(state, schedule, data_position)),
-                META: ocp.args.JsonSave(meta),
-            }), metrics=ranked, force=True)
+            self._manager.save(step, args=ocp.args.Composite(**items), metrics=ranked, force=True)
         except Exception as e:
             raise self._save_error(step, e) from e
 

@@ -5,13 +5,15 @@ resume or start -> loop (step, skip accounting, logs, validation, checkpoints,
 preemption) -> final save.
 
 Exactness of a resumed run: the batch of step ``s`` is a pure function of
-``(seed, s)`` (:class:`galr_jax.data.TrainLoader`), dropout keys are folded from the
-step, and the checkpoint holds every other piece of state (parameters, optimizer
+``(seed, s)`` (:class:`galr_jax.data.TrainLoader`, a grain pipeline whose iterator
+state is saved in each checkpoint and put back on resume), dropout keys are folded from
+the step, and the checkpoint holds every other piece of state (parameters, optimizer
 state, skip counters, plateau schedule). A run restarted from the checkpoint of step
 ``s`` therefore computes exactly what the uninterrupted run computed after ``s``.
 
 Keeping the devices busy: the host never waits for the step it has just dispatched.
-Each batch is placed on the devices one step ahead, and the steps' metrics stay on the
+Each batch is placed on the devices one step ahead (in grain's prefetch thread, so the
+iterator's state is that of the batch the loop last took), and the steps' metrics stay on the
 devices until a *sync point*: a ``train.log_every`` step, a validation or checkpoint
 step, a preemption, or the last step. There the metrics of every step since the last
 sync point come back in one transfer and the host makes its per-step decisions for
@@ -30,12 +32,12 @@ import functools
 import logging
 from typing import Any, Optional
 
+import grain
 import jax
 
-from galr_jax.checkpoints import as_path, is_remote
+from galr_jax.checkpoints import CheckpointError, as_path, is_remote
 from galr_jax.config import Config
 from galr_jax.data import make_train_loader, open_split
-from galr_jax.data.prefetch import prefetch_to_device
 from galr_jax.models import build_model
 from galr_jax.training.checkpointer import TrainCheckpointer
 from galr_jax.training.logs import MetricLogger, Progress, WindowAverage
@@ -48,9 +50,6 @@ from galr_jax.training.validation import Validator
 from galr_jax.training.workdir import prepare_workdir
 
 INDEX_SUBDIR = "index"  # cached length index of the splits
-# Batches placed on the devices ahead of the step that takes them: the next step's
-# batch is in transfer while the current step runs.
-DEVICE_PREFETCH = 2
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +133,8 @@ def train_and_evaluate(config: Config, workdir: str) -> TrainResult:
     for dataset in (train_set, valid_set):
         for path, problem in dataset.problems:
             log.warning("skipped %s: %s", path, problem)
-    loader = make_train_loader(config, train_set, process_index=jax.process_index(),
-                               process_count=jax.process_count())
+    loader = make_train_loader(config, train_set,
+                               shard=grain.sharding.ShardByJaxProcess(drop_remainder=True))
     log.info("%s", loader.summary())
 
     # ---- Model, optimizer and the parallel step -------------------------------------
@@ -145,7 +144,14 @@ def train_and_evaluate(config: Config, workdir: str) -> TrainResult:
 
     # ---- Resume or start -------------------------------------------------------------
     checkpointer = TrainCheckpointer(workdir, config, abstract_train_state(model, optimizer))
-    restored = checkpointer.restore_latest()
+    # Created (nothing decoded yet) before the restore, which puts its state back.
+    batches = loader.iterate(0, t.num_steps, put=parallel.put_batch)
+    try:
+        restored = checkpointer.restore_latest(data_iterator=batches.grain_iterator)
+    except BaseException:
+        batches.close()
+        checkpointer.close()
+        raise
     if restored is not None:
         host_state, schedule = restored.state, restored.schedule
         if restored.data_position["steps_per_epoch"] != loader.steps_per_epoch:
@@ -156,13 +162,20 @@ def train_and_evaluate(config: Config, workdir: str) -> TrainResult:
     else:
         host_state, schedule = create_train_state(model, optimizer, t.seed), PlateauSchedule()
     start = int(host_state.step)
+    if restored is None or not restored.data_iterator_restored:
+        batches.move_to(start)
+    elif batches.position() != start:
+        batches.close()
+        checkpointer.close()
+        raise CheckpointError(f"{checkpointer.directory / str(start)}: the saved data iterator "
+                              f"is at step {batches.position()}, the train state at step {start}")
     state = parallel.put_state(host_state)
     del host_state
 
     def save(metrics: Optional[dict[str, float]] = None) -> None:
         host = parallel.get_state(state)
         checkpointer.save(host, schedule, _data_position(int(host.step), loader.steps_per_epoch),
-                          metrics)
+                          metrics, data_iterator=batches.grain_iterator)
 
     # ---- Loop --------------------------------------------------------------------------
     logger = MetricLogger(workdir, start, enabled=primary, tensorboard=t.tensorboard)
@@ -171,9 +184,7 @@ def train_and_evaluate(config: Config, workdir: str) -> TrainResult:
     pending = PendingMetrics(parallel)
     status, validation, step = "completed", {}, start
     try:
-        with PreemptionWatcher() as preemption, loader, \
-                loader.iterate(start, t.num_steps - start) as host_batches:
-            batches = prefetch_to_device(host_batches, parallel.put_batch, DEVICE_PREFETCH)
+        with PreemptionWatcher() as preemption, loader, batches:
             for step in range(start + 1, t.num_steps + 1):
                 state, device_metrics = parallel.step(state, next(batches), schedule.scale)
                 pending.add(device_metrics)

@@ -14,7 +14,7 @@ devices; process ``p`` supplies the rows of its own devices, which are contiguou
 
 Keeping the devices busy: :meth:`DataParallel.put_batch` starts the transfer of a
 batch in the layout the compiled step takes, so the loop can place batch ``N + 1``
-while step ``N`` runs (:func:`galr_jax.data.prefetch.prefetch_to_device`), and
+while step ``N`` runs (:meth:`galr_jax.data.TrainLoader.iterate` with ``put``), and
 :class:`PendingMetrics` holds the steps' metrics on the devices until the loop needs
 them, fetching many steps in one transfer.
 """
