@@ -20,7 +20,7 @@
 # later ones; the script exits 1 at the end if any stage failed.
 #
 # Environment: PYTHON (default python3, >= 3.11), VENV, STAGE_TIMEOUT, INSTALL_TIMEOUT,
-# KERNEL_KEY (default model.kernels), KERNEL_CHOICES (default "reference tuned").
+# KERNEL_KEY (default runtime.kernels), KERNEL_CHOICES (default "reference tuned").
 set -euo pipefail
 
 readonly OUT="${1:-device-check-$(date -u +%Y%m%dT%H%M%SZ)}"
@@ -28,7 +28,7 @@ readonly PYTHON="${PYTHON:-python3}"
 readonly VENV="${VENV:-.venv-device}"
 readonly STAGE_TIMEOUT="${STAGE_TIMEOUT:-600}"
 readonly INSTALL_TIMEOUT="${INSTALL_TIMEOUT:-1200}"
-readonly KERNEL_KEY="${KERNEL_KEY:-model.kernels}"
+readonly KERNEL_KEY="${KERNEL_KEY:-runtime.kernels}"
 read -r -a KERNEL_CHOICES <<< "${KERNEL_CHOICES:-reference tuned}"
 readonly CONFIGS=(galr_1.5m dprnn)
 readonly SECONDS_OF_AUDIO=4

@@ -18,7 +18,7 @@ a temporary folder).
 ``--step-gflop`` instead prints the train step's GFLOP per example (forward, PIT loss and
 backward of ``--config`` on one 4 s example; 2 x multiply-accumulates of every matrix
 product and convolution, scan bodies times their trip count: benchmarks/opcount.py), the
-figure BENCHMARKS.md turns into the examples/s an accelerator would consume.
+figure docs/benchmarks.md turns into the examples/s an accelerator would consume.
 """
 
 from __future__ import annotations
