@@ -157,7 +157,9 @@ class MultiHeadSelfAttention(nn.Module):
 
     Shape:
       ``[batch..., length, D]`` -> same. ``key_valid``: bool ``[batch..., length]`` (or broadcastable), the positions that
-      may be attended to; None: all.
+      may be attended to; None: all. ``mask``: bool, broadcastable to the weights
+      ``[batch..., heads, length, length]``, the keys each query may attend to (e.g.
+      causal); combined with ``key_valid``; None: all.
     """
 
     num_heads: int
@@ -166,7 +168,8 @@ class MultiHeadSelfAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False,
-                 key_valid: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+                 key_valid: Optional[jnp.ndarray] = None,
+                 mask: Optional[jnp.ndarray] = None) -> jnp.ndarray:
         features = x.shape[-1]
         if features % self.num_heads:
             raise ValueError(f"MultiHeadSelfAttention: {features} features do not split into "
@@ -184,8 +187,10 @@ class MultiHeadSelfAttention(nn.Module):
         qkv = jnp.einsum("...ld,dthe->t...hle", x, kernel)
         qkv = add_bias(qkv, bias, (0, -3, -1))
         key = self.make_rng(DROPOUT) if train and self.dropout > 0.0 else None
+        if key_valid is not None:
+            key_valid = key_valid[..., None, None, :]
+            mask = key_valid if mask is None else jnp.logical_and(key_valid, mask)
         attended = dot_product_attention(*qkv, dropout_rng=key, dropout_rate=self.dropout,
-                                         key_valid=None if key_valid is None
-                                         else key_valid[..., None, None, :])
+                                         key_valid=mask)
         out = jnp.einsum("...hle,hed->...ld", attended, out_kernel.astype(self.dtype))
         return add_bias(out, out_bias, (-1,))
