@@ -3,6 +3,8 @@ offline causal model on the whole signal, compiles its step once, keeps a consta
 with an attention window, and no output depends on input later than the stated latency."""
 
 import functools
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -205,3 +207,59 @@ def test_the_streaming_separator_refuses_a_non_causal_model():
     config = model_config(causal=False)
     with pytest.raises(ValueError, match="causal"):
         StreamingSeparator(config, {"params": {}})
+
+
+@pytest.fixture(scope="module")
+def causal_checkpoint(tmp_path_factory):
+    from inference_helpers import make_checkpoint, tiny_config
+
+    config = tiny_config(model={"causal": True, "attention_window": 4})
+    return config, make_checkpoint(str(tmp_path_factory.mktemp("stream") / "ckpt"), config)
+
+
+def _offline(config, directory, samples):
+    from galr_jax.checkpoints import restore_variables
+
+    variables, _ = restore_variables(directory)
+    return np.asarray(jax.jit(build_model(config).apply)(variables, samples[None]))[0]
+
+
+def test_the_stream_cli_writes_the_offline_outputs_and_reports_latency_and_rtf(
+        causal_checkpoint, tmp_path, capsys):
+    import soundfile
+
+    from galr_jax import separate
+
+    config, directory = causal_checkpoint
+    samples = 0.3 * signal(3001)
+    soundfile.write(tmp_path / "mix.wav", samples, config.model.sample_rate, subtype="FLOAT")
+    out = tmp_path / "out"
+    argv = ["--stream", "--workdir", directory, str(tmp_path / "mix.wav"), "--out", str(out),
+            "--block-ms", "7"]
+    assert separate.main(argv) == 0
+    report = capsys.readouterr().err
+    assert "algorithmic latency 20.9 ms (167 samples)" in report  # (20 + 1) * 8 - 1
+    assert "real-time factor" in report
+    offline = _offline(config, directory, samples)
+    for c in range(config.model.num_sources):
+        written, rate = soundfile.read(out / f"mix_s{c + 1}.wav", dtype="float32")
+        assert rate == config.model.sample_rate
+        assert_close(written, offline[c])
+    assert separate.main(argv) == 1  # outputs exist and no --force
+
+
+def test_the_stream_cli_reads_raw_pcm16_from_standard_input(causal_checkpoint, tmp_path):
+    import soundfile
+    from inference_helpers import environment
+    from subprocess_env import REPO
+
+    config, directory = causal_checkpoint
+    pcm = np.round(0.3 * signal(1500) * 32767).astype("<i2")
+    done = subprocess.run(
+        [sys.executable, "-m", "galr_jax.separate", "--stream", "--workdir", directory, "-",
+         "--out", str(tmp_path)], input=pcm.tobytes(), capture_output=True,
+        env=environment(), cwd=REPO, timeout=240)
+    assert done.returncode == 0, done.stderr.decode()
+    offline = _offline(config, directory, pcm.astype(np.float32) / 32768)
+    written, _ = soundfile.read(tmp_path / "stdin_s1.wav", dtype="float32")
+    assert_close(written, offline[0])

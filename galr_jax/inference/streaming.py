@@ -94,6 +94,16 @@ class StreamingSeparator:
         separator.meta = meta
         return separator
 
+    def warm_up(self) -> float:
+        """Compiles the segment step now, so that no step of a stream waits for it;
+        returns the seconds it took."""
+        start = time.perf_counter()
+        state = initial_state(self.model, self._memory)
+        jax.block_until_ready(self._step(self._params, state=state,
+                                         samples=jnp.zeros((1, self.hop_samples), jnp.float32),
+                                         position=position_of(self.model, 0)))
+        return time.perf_counter() - start
+
     def reset(self) -> None:
         """Starts a new stream."""
         self._state = initial_state(self.model, self._memory)
