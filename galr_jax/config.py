@@ -82,6 +82,10 @@ class ModelConfig:
     attention_residual: bool = True  # False reproduces the author's code (residual = y)
     mask_nonlinearity: str = "relu"  # relu | sigmoid
     norm_eps: float = 1e-5  # GALR's norms use 1e-5; asteroid's DPRNN gLN uses 1e-8
+    # Causal GALR for streaming (docs/streaming.md): attention to past and current segments
+    # only, per-frame LayerNorms instead of gLN; the parameters are the same as without.
+    causal: bool = False
+    attention_window: int = 0  # causal: segments attended, the current one included; 0: all
 
 
 @dataclasses.dataclass(frozen=True)
@@ -358,6 +362,15 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"model.attention_dropout: must be in [0, 1), got {m.attention_dropout}")
     if m.norm_eps <= 0:
         raise ConfigError(f"model.norm_eps: must be positive, got {m.norm_eps}")
+    if m.causal and m.separator != "galr":
+        raise ConfigError(f"model.causal: only the galr separator has a causal form, "
+                          f"got model.separator={m.separator}")
+    if m.attention_window < 0:
+        raise ConfigError(f"model.attention_window: must be 0 (all past segments) or more, "
+                          f"got {m.attention_window}")
+    if m.attention_window and not m.causal:
+        raise ConfigError("model.attention_window: only a causal model (model.causal: true) "
+                          "limits its attention")
     if config.data.sample_rate != m.sample_rate:
         raise ConfigError(
             f"data.sample_rate: {config.data.sample_rate} differs from model.sample_rate={m.sample_rate}")

@@ -131,6 +131,12 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                              "runtime.compute_dtype); bfloat16 is faster on CPUs and "
                              "accelerators with bf16 units")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--stream", action="store_true",
+                        help="run a causal model as a live stream over each input (a file, "
+                             "or - for raw 16-bit PCM on standard input) and report latency "
+                             "and real-time factor (galr_jax/stream_cli.py)")
+    parser.add_argument("--block-ms", type=float, default=20.0,
+                        help="--stream: milliseconds of input read per block (default 20)")
     args = parser.parse_args(argv)
     if not args.list_models:
         if not (args.workdir or args.model or args.exported):
@@ -197,6 +203,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(name)
         return 0
     configure_logging(logging.ERROR)  # Orbax's read-only notices
+    if args.stream:
+        from galr_jax.stream_cli import stream_files
+        return stream_files(args, output_paths)
     files, problems = expand_inputs(args.inputs)
     failures = [f"{item}: {problem}" for item, problem in problems]
     try:

@@ -153,10 +153,15 @@ def test_self_attention(dropout):
                    for i in range(3)]
     out_projection = (random(20, heads, depth, features), random(21, features))
     key_valid = (jnp.arange(length) < jnp.asarray([6, 2, 4])[:, None])[:, None, :]
+    causal = jnp.tril(jnp.ones((length, length), bool))
     dropout_key = jax.random.PRNGKey(7) if dropout else None
-    args = [random(30, 3, 5, length, features), projections, out_projection, dropout_key,
-            dropout, key_valid, jnp.float32]
-    assert_same_forward_and_vjp(SELF_ATTENTION, args, (0, 1, 2), f"attention (dropout {dropout})")
+    # A per-key (padding) mask, and the same combined with a causal one.
+    for mask, what in ((key_valid[..., None, None, :], "padding"),
+                       (key_valid[..., None, None, :] & causal, "padding and causal")):
+        args = [random(30, 3, 5, length, features), projections, out_projection, dropout_key,
+                dropout, mask, jnp.float32]
+        assert_same_forward_and_vjp(SELF_ATTENTION, args, (0, 1, 2),
+                                    f"attention (dropout {dropout}, {what})")
 
 
 def test_recompute_in_backward():

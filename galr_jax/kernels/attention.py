@@ -38,7 +38,7 @@ Projection = tuple[jnp.ndarray, jnp.ndarray]  # (kernel, bias)
 def reference_dot_product_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray,
                                     dropout_rng: Optional[jax.Array] = None,
                                     dropout_rate: float = 0.0,
-                                    key_valid: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+                                    mask: Optional[jnp.ndarray] = None) -> jnp.ndarray:
     """Scaled dot-product attention in Flax's layout, dropout on the weights.
 
     Without dropout it is ``jax.nn.dot_product_attention`` (its default implementation;
@@ -49,15 +49,19 @@ def reference_dot_product_attention(query: jnp.ndarray, key: jnp.ndarray, value:
       query, key, value: ``[batch..., length, heads, depth]``.
       dropout_rng: key of the dropout on the attention weights; None: no dropout.
       dropout_rate: probability of dropping a weight.
-      key_valid: bool, broadcastable to ``[batch..., length]``: the keys every query may
-        attend to (at least one); None: all.
+      mask: bool, broadcastable to the weights ``[batch..., heads, length, length]``: the
+        keys each query may attend to (at least one per query); None: all.
 
     Returns:
       ``[batch..., length, heads, depth]``; the weights ``[batch..., heads, length,
       length]`` (the dropout mask's shape) are a softmax over the last axis.
     """
     batch_shape, length = query.shape[:-3], key.shape[-3]
-    mask = None if key_valid is None else jnp.broadcast_to(key_valid, (*batch_shape, length))
+    if mask is not None:
+        mask = jnp.asarray(mask)
+        mask = mask.reshape((1,) * max(0, len(batch_shape) + 3 - mask.ndim) + mask.shape)
+        # Only the batch axes are broadcast: a per-key mask stays [rows, 1, 1, length].
+        mask = jnp.broadcast_to(mask, (*batch_shape, *mask.shape[-3:-1], length))
     if dropout_rng is None or dropout_rate == 0.0:
         rows = functools.reduce(operator.mul, batch_shape, 1)  # symbolic dims multiply too
 
@@ -66,13 +70,13 @@ def reference_dot_product_attention(query: jnp.ndarray, key: jnp.ndarray, value:
 
         out = jax.nn.dot_product_attention(
             flat(query), flat(key), flat(value),
-            mask=None if mask is None else mask.reshape(rows, 1, 1, length))
+            mask=None if mask is None else mask.reshape(rows, *mask.shape[-3:]))
         return out.reshape(*batch_shape, *out.shape[1:])
     scale = 1.0 / np.sqrt(query.shape[-1])
     logits = jnp.einsum("...qhd,...khd->...hqk", query, key,
                         preferred_element_type=jnp.float32) * scale
     if mask is not None:
-        logits = jnp.where(mask[..., None, None, :], logits, -jnp.inf)
+        logits = jnp.where(mask, logits, -jnp.inf)
     weights = jax.nn.softmax(logits)
     keep_prob = 1.0 - dropout_rate
     weights = apply_keep_mask(weights, keep_mask(dropout_rng, weights.shape, keep_prob),
@@ -82,7 +86,7 @@ def reference_dot_product_attention(query: jnp.ndarray, key: jnp.ndarray, value:
 
 def reference_self_attention(x: jnp.ndarray, projections: Sequence[Projection],
                              out_projection: Projection, dropout_rng: Optional[jax.Array],
-                             dropout_rate: float, key_valid: Optional[jnp.ndarray],
+                             dropout_rate: float, mask: Optional[jnp.ndarray],
                              dtype) -> jnp.ndarray:
     """Multi-head self-attention along axis -2, as ``flax.linen.MultiHeadDotProductAttention``.
 
@@ -92,7 +96,8 @@ def reference_self_attention(x: jnp.ndarray, projections: Sequence[Projection],
         queries, keys and values.
       out_projection: (kernel ``[heads, depth, D]``, bias ``[D]``).
       dropout_rng, dropout_rate: the attention weights' dropout (None: none).
-      key_valid: bool, broadcastable to ``[batch..., length]``, or None: all keys.
+      mask: bool, broadcastable to the weights ``[batch..., heads, length, length]``: the
+        keys each query may attend to; None: all.
       dtype: compute dtype; the softmax runs in float32.
 
     Returns:
@@ -102,7 +107,7 @@ def reference_self_attention(x: jnp.ndarray, projections: Sequence[Projection],
     query, key, value = (jnp.einsum("...ld,dhe->...lhe", x, kernel.astype(dtype))
                          + bias.astype(dtype) for kernel, bias in projections)
     attended = reference_dot_product_attention(query, key, value, dropout_rng, dropout_rate,
-                                               key_valid)
+                                               mask)
     out_kernel, out_bias = out_projection
     return (jnp.einsum("...lhe,hed->...ld", attended, out_kernel.astype(dtype))
             + out_bias.astype(dtype))
@@ -200,7 +205,7 @@ _attention.defvjp(_attention_forward, _attention_backward)
 
 def tuned_self_attention(x: jnp.ndarray, projections: Sequence[Projection],
                          out_projection: Projection, dropout_rng: Optional[jax.Array],
-                         dropout_rate: float, key_valid: Optional[jnp.ndarray],
+                         dropout_rate: float, mask: Optional[jnp.ndarray],
                          dtype) -> jnp.ndarray:
     """:func:`reference_self_attention` with the three projections in one product into
     ``[3, batch..., heads, length, depth]`` and the attention of :func:`dot_product_attention`.
@@ -211,8 +216,7 @@ def tuned_self_attention(x: jnp.ndarray, projections: Sequence[Projection],
     qkv = jnp.einsum("...ld,dthe->t...hle", x.astype(dtype), kernel)
     qkv = add_bias(qkv, bias, (0, -3, -1))
     attended = dot_product_attention(*qkv, dropout_rng=dropout_rng, dropout_rate=dropout_rate,
-                                     key_valid=None if key_valid is None
-                                     else key_valid[..., None, None, :])
+                                     key_valid=mask)
     out_kernel, out_bias = out_projection
     out = jnp.einsum("...hle,hed->...ld", attended, out_kernel.astype(dtype))
     return add_bias(out, out_bias, (-1,))

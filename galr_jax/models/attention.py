@@ -61,7 +61,9 @@ class MultiHeadSelfAttention(nn.Module):
 
     Shape:
       ``[batch..., length, D]`` -> same. ``key_valid``: bool ``[batch..., length]`` (or
-      broadcastable), the positions that may be attended to; None: all.
+      broadcastable), the positions that may be attended to; None: all. ``mask``: bool,
+      broadcastable to the weights ``[batch..., heads, length, length]``, the keys each
+      query may attend to (e.g. causal); combined with ``key_valid``; None: all.
     """
 
     num_heads: int
@@ -71,7 +73,8 @@ class MultiHeadSelfAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False,
-                 key_valid: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+                 key_valid: Optional[jnp.ndarray] = None,
+                 mask: Optional[jnp.ndarray] = None) -> jnp.ndarray:
         features = x.shape[-1]
         if features % self.num_heads:
             raise ValueError(f"MultiHeadSelfAttention: {features} features do not split into "
@@ -82,5 +85,8 @@ class MultiHeadSelfAttention(nn.Module):
                        for name in _PROJECTIONS]
         out_projection = _Projection((*heads_shape, features), (features,), 2, name="out")()
         key = self.make_rng(DROPOUT) if train and self.dropout > 0.0 else None
+        if key_valid is not None:
+            key_valid = key_valid[..., None, None, :]
+            mask = key_valid if mask is None else jnp.logical_and(key_valid, mask)
         return pick(SELF_ATTENTION, self.kernels)(x, projections, out_projection, key,
-                                                  self.dropout, key_valid, self.dtype)
+                                                  self.dropout, mask, self.dtype)

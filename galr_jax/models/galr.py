@@ -11,6 +11,7 @@ import numpy as np
 from galr_jax.kernels import pick
 from galr_jax.kernels.dense import ADD_BIAS
 from galr_jax.models.attention import MultiHeadSelfAttention
+from galr_jax.models.causal import PairMaskedAttention, causal_attention_mask
 from galr_jax.models.dense import Dense
 from galr_jax.models.dropout import DROPOUT, Dropout
 from galr_jax.models.norms import GlobalLayerNorm, LayerNorm
@@ -20,8 +21,13 @@ from galr_jax.models.remat import apply_recomputed, apply_rematerialised
 _POSITION_BASE = 10000.0  # the standard Transformer positional-encoding base
 
 
-def sinusoidal_positions(num_positions, features: int):
+def sinusoidal_positions(num_positions, features: int, first: int = 0):
     """Standard positional encoding: feature 2i = sin(s / base^(2i/D)), 2i+1 = cos(same).
+
+    Args:
+      num_positions: how many segments, s = first .. first + num_positions - 1.
+      features: D.
+      first: the first segment's index (a stream's segment, :mod:`galr_jax.models.causal_step`).
 
     Returns:
       ``[num_positions, features]`` float32: computed in float64 at trace time when the
@@ -33,7 +39,7 @@ def sinusoidal_positions(num_positions, features: int):
         rates = jnp.asarray(_POSITION_BASE ** (-np.arange(0, features, 2) / features), jnp.float32)
         angles = positions * rates
         return jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1).reshape(-1, features)
-    positions = np.arange(num_positions, dtype=np.float64)[:, None]
+    positions = np.arange(first, first + num_positions, dtype=np.float64)[:, None]
     rates = _POSITION_BASE ** (-np.arange(0, features, 2, dtype=np.float64) / features)
     table = np.zeros((num_positions, features), dtype=np.float64)
     table[:, 0::2] = np.sin(positions * rates)
@@ -53,6 +59,8 @@ class LocallyRecurrent(nn.Module):
       norm_eps: gLN epsilon.
       kernels: ``reference``, ``tuned`` or ``auto`` (:mod:`galr_jax.kernels`), here and
         in every module below.
+      causal: normalise each frame over its features (LayerNorm) instead of the gLN,
+        whose statistics span future segments (docs/streaming.md); same parameters.
 
     Shape:
       ``[batch, segments, K, D]`` -> same; the recurrence runs along axis 2.
@@ -67,6 +75,7 @@ class LocallyRecurrent(nn.Module):
     unroll: int = 1
     dtype: Any = jnp.float32
     kernels: str = "auto"
+    causal: bool = False
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, valid: Optional[jnp.ndarray] = None) -> jnp.ndarray:
@@ -81,8 +90,10 @@ class LocallyRecurrent(nn.Module):
         # Projected time-major, then transposed: D features to move instead of 2H.
         y = jnp.swapaxes(Dense(features, dtype=self.dtype, kernels=self.kernels, name="proj")(y),
                          0, 1)
-        y = GlobalLayerNorm(self.norm_eps, self.kernels, name="norm")(y.reshape(x.shape), valid)
-        return x + y
+        y = y.reshape(x.shape)
+        if self.causal:
+            return x + LayerNorm(self.norm_eps, kernels=self.kernels, name="norm")(y)
+        return x + GlobalLayerNorm(self.norm_eps, self.kernels, name="norm")(y, valid)
 
 
 class SegmentLengthMap(nn.Module):
@@ -120,12 +131,16 @@ class GloballyAttentive(nn.Module):
       recompute_attention: recompute the multi-head attention in the backward pass rather
         than keep its intermediates (off where the whole block is recomputed anyway).
       kernels: ``reference``, ``tuned`` or ``auto`` (:mod:`galr_jax.kernels`).
+      causal: each segment attends to itself and earlier segments only, and the gLN is
+        a per-frame LayerNorm (docs/streaming.md); same parameters.
+      attention_window: causal: segments attended, the current one included; 0: all.
 
     Shape:
       ``[batch, segments, K, D]`` -> same. ``segment_valid``:
       bool ``[batch, segments]``, the segments an example has at its own length in a
       padded batch; the others are left out of the attention keys and the gLN
-      statistics (None: all segments are real).
+      statistics (None: all segments are real). A causal block needs no such mask: real
+      segments never attend to the later, padded ones.
     """
 
     num_heads: int
@@ -136,13 +151,18 @@ class GloballyAttentive(nn.Module):
     dtype: Any = jnp.float32
     recompute_attention: bool = True
     kernels: str = "auto"
+    causal: bool = False
+    attention_window: int = 0
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False,
                  segment_valid: Optional[jnp.ndarray] = None) -> jnp.ndarray:
         batch, segments, length, features = x.shape
         key_valid = norm_valid = None
-        if segment_valid is not None:
+        if self.causal:
+            # [query, key], broadcast over [batch, Q, heads]: the attention's weight mask.
+            key_valid = causal_attention_mask(segments, self.attention_window)
+        elif segment_valid is not None:
             key_valid = segment_valid[:, None, :]  # tokens are [batch, Q, segments]
             norm_valid = segment_valid[:, :, None]  # y is [batch, segments, Q or K]
         y = x
@@ -151,8 +171,8 @@ class GloballyAttentive(nn.Module):
         tokens = jnp.swapaxes(y, 1, 2)  # [batch, Q, segments, D]: attend along segments
         tokens = LayerNorm(self.norm_eps, self.dtype, self.kernels, name="norm_in")(tokens)
         tokens = tokens + sinusoidal_positions(segments, features).astype(tokens.dtype)
-        attention = MultiHeadSelfAttention(self.num_heads, self.dropout, self.dtype,
-                                           self.kernels, name="attention")
+        attention = (PairMaskedAttention if self.causal else MultiHeadSelfAttention)(
+            self.num_heads, self.dropout, self.dtype, self.kernels, name="attention")
         if self.recompute_attention:
             # Recomputed in the backward pass from the tokens, which the attention's input
             # projection keeps anyway: kept, its queries, keys, values, [.., S, S] weights
@@ -167,9 +187,10 @@ class GloballyAttentive(nn.Module):
         tokens = LayerNorm(self.norm_eps, self.dtype, self.kernels,
                            name="norm_out")(residual + dropped)
         y = jnp.swapaxes(tokens, 1, 2)  # [batch, segments, Q, D]
-        norm = GlobalLayerNorm(self.norm_eps, self.kernels, name="norm")
+        norm = (LayerNorm(self.norm_eps, kernels=self.kernels, name="norm") if self.causal
+                else GlobalLayerNorm(self.norm_eps, self.kernels, name="norm"))
         if self.low_dim is None:
-            return x + norm(y, norm_valid)
+            return x + (norm(y) if self.causal else norm(y, norm_valid))
         # The gLN would keep its [batch, segments, K, D] input for the backward pass, every
         # block's at once at the train step's peak (8.4 MB a block for galr_1.5m at 4 s);
         # recomputed from the Q-long y, which the Q->K map's gradient keeps anyway, it
@@ -197,14 +218,17 @@ class GALRBlock(nn.Module):
     dtype: Any = jnp.float32
     recompute_attention: bool = True
     kernels: str = "auto"
+    causal: bool = False
+    attention_window: int = 0
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False,
                  segment_valid: Optional[jnp.ndarray] = None) -> jnp.ndarray:
         valid = None if segment_valid is None else segment_valid[:, :, None]
         x = LocallyRecurrent(self.hidden, self.norm_eps, True, self.unroll, self.dtype,
-                             self.kernels, name="locally_recurrent")(x, valid)
+                             self.kernels, self.causal, name="locally_recurrent")(x, valid)
         return GloballyAttentive(self.num_heads, self.low_dim, self.dropout,
                                  self.attention_residual, self.norm_eps, self.dtype,
-                                 self.recompute_attention, self.kernels,
+                                 self.recompute_attention, self.kernels, self.causal,
+                                 self.attention_window,
                                  name="globally_attentive")(x, train, segment_valid)

@@ -69,7 +69,8 @@ class SeparationModel(nn.Module):
             return GALRBlock(c.hidden, c.num_heads, c.low_dim, c.attention_dropout,
                              c.attention_residual, c.norm_eps, r.lstm_unroll, dtype,
                              recompute_attention=r.recompute_attention and not r.remat,
-                             kernels=self.kernels, name=f"blocks_{index}")
+                             kernels=self.kernels, causal=c.causal,
+                             attention_window=c.attention_window, name=f"blocks_{index}")
         return DPRNNBlock(c.hidden, c.norm_eps, r.lstm_unroll, dtype, kernels=self.kernels,
                           name=f"blocks_{index}")
 
