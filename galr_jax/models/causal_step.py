@@ -26,7 +26,8 @@ import jax.numpy as jnp
 
 from galr_jax.config import ModelConfig
 from galr_jax.kernels.attention import dot_product_attention
-from galr_jax.models.dense import Dense, add_bias
+from galr_jax.kernels.dense import add_bias
+from galr_jax.models.dense import Dense
 from galr_jax.models.filterbank import Decoder, Encoder
 from galr_jax.models.galr import LocallyRecurrent, SegmentLengthMap, sinusoidal_positions
 from galr_jax.models.mask_head import MaskHead
