@@ -169,8 +169,10 @@ def _figures_table(evaluations: Mapping[str, dict]) -> list[str]:
 def _augmentation(data: Any) -> list[str]:
     lines = []
     if data.dynamic_mixing:
-        lines.append(f"- dynamic mixing: every step pairs two training utterances of different "
-                     f"speakers afresh, each at a gain uniform in ±{data.dynamic_mixing_gain_db} dB")
+        lines.append(f"- dynamic mixing: every example pairs sources of random training "
+                     f"utterances afresh, each at a gain uniform in "
+                     f"±{data.dynamic_mixing_gain_db} dB (the loader does not know speakers, "
+                     f"so now and then both are the same voice)")
     if data.augment_speed:
         lines.append(f"- speed perturbation: per source, factor uniform in "
                      f"[{1 - data.augment_speed:g}, {1 + data.augment_speed:g}] (moves pitch and "
