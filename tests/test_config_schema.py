@@ -82,7 +82,7 @@ def test_a_version_1_saved_config_reads_with_runtime_fields_moved(caplog):
 
 def test_saved_config_drops_unknown_non_architecture_keys_naming_each(caplog):
     tree = config_to_dict(config_from_dict({}))
-    tree["runtime"]["kernels"] = "pallas"
+    tree["runtime"]["fused_attention"] = "pallas"
     tree["train"]["gradient_accumulation"] = 4
     tree["eval"]["old_option"] = True
     tree["logging"] = {"wandb": True}
@@ -90,7 +90,7 @@ def test_saved_config_drops_unknown_non_architecture_keys_naming_each(caplog):
     with caplog.at_level(logging.WARNING):
         config = config_from_saved(tree, "ckpt/5 (meta)")
     assert config == config_from_dict({})
-    for key in ("runtime.kernels", "train.gradient_accumulation", "eval.old_option"):
+    for key in ("runtime.fused_attention", "train.gradient_accumulation", "eval.old_option"):
         assert f"ckpt/5 (meta): dropped unknown key {key}" in caplog.text
     assert "dropped unknown section 'logging'" in caplog.text
 
