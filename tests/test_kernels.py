@@ -219,6 +219,43 @@ def test_model_outputs_and_gradients_agree(separator):
                      gradient_scale(ref, largest))
 
 
+# Every shipped architecture at its real sizes, in evaluation mode on a short signal (long
+# enough for several segments of the largest K) and with one block: the blocks repeat the
+# same computation, and compiling the gradient, which dominates here, grows with each
+# (all six of dprnn's took 4 min on a loaded 2-core machine).
+EVERY_CONFIG_SECONDS = 0.4
+EVERY_CONFIG_BLOCKS = 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config_name", sorted(
+    str(p.relative_to(CONFIGS).with_suffix("")) for p in CONFIGS.rglob("*.yaml")))
+def test_every_config_gives_the_same_outputs_and_gradients(config_name):
+    config = load_config(str(CONFIGS / f"{config_name}.yaml"),
+                         [f"model.num_blocks={EVERY_CONFIG_BLOCKS}"])
+    samples = int(EVERY_CONFIG_SECONDS * config.model.sample_rate)
+    mixture = random(1, 1, samples)
+    weights = random(2, 1, config.model.num_sources, samples)
+    models = {kernels: build_model(with_kernels(config, kernels)) for kernels in CHOICES}
+    variables = models["tuned"].init(jax.random.PRNGKey(0), mixture[:, :64])
+    results = {}
+    for kernels, model in models.items():
+
+        def loss(params, model=model):
+            out = model.apply({"params": params}, mixture)
+            return jnp.sum(out * weights), out
+
+        (_, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+        results[kernels] = out, grads
+    (ref_out, ref_grads), (tuned_out, tuned_grads) = (results[k] for k in CHOICES)
+    assert_close(tuned_out, ref_out, f"{config_name}: output")
+    largest = max(float(np.max(np.abs(g))) for g in jax.tree.leaves(ref_grads))
+    for (path, ref), tuned in zip(jax.tree_util.tree_leaves_with_path(ref_grads),
+                                  jax.tree.leaves(tuned_grads), strict=True):
+        assert_close(tuned, ref, f"{config_name}: d loss / d {jax.tree_util.keystr(path)}",
+                     gradient_scale(ref, largest))
+
+
 def test_a_checkpoint_saved_under_one_choice_runs_under_the_other(tmp_path):
     """Inference, where GALR's reference attention is ``jax.nn.dot_product_attention``."""
     tuned = tiny_config(runtime={"kernels": "tuned"})
