@@ -123,19 +123,7 @@ def _scan_forward(x_forward, x_backward, kernel_ih, kernel_hh, bias, h0, c0, unr
 def fused_bilstm(x, kernel_ih, kernel_hh, bias, h0, c0, lengths, unroll):
     """:func:`reference_bilstm` with both directions in one loop and an explicit backward
     pass: each step is a single batched product over the stacked ``[2, ...]`` kernels
-    instead of two sequential scans.
-
-    Args:
-      x: ``[sequences, steps, features]`` inputs, in the compute dtype.
-      kernel_ih: ``[2, features, 4H]``; kernel_hh: ``[2, H, 4H]``; bias: ``[2, 4H]`` float32.
-      h0, c0: ``[2, sequences, H]`` float32 initial states.
-      lengths: int32 ``[sequences]``, the real steps of each sequence (the backward
-        direction starts at the last of them, :func:`reverse_time`), or None: all steps.
-      unroll: ``lax.scan`` unroll factor.
-
-    Returns:
-      ``[steps, sequences, 2H]`` in the compute dtype: the forward direction's states,
-      then the backward direction's, both in natural time order.
+    instead of two sequential scans. Arguments and result as :func:`reference_bilstm`.
 
     The backward pass runs one recurrent product per step and leaves the weight and
     input gradients to large products after the loop, where automatic differentiation
