@@ -213,7 +213,7 @@ def test_a_saved_config_with_unknown_runtime_and_train_keys_restores_with_warnin
     meta_file = tmp_path / "checkpoints" / "2" / "meta" / "metadata"
     meta = json.loads(meta_file.read_text())
     assert meta["config"]["schema_version"] == SCHEMA_VERSION
-    meta["config"]["runtime"]["kernels"] = "pallas"
+    meta["config"]["runtime"]["fused_attention"] = "pallas"
     meta["config"]["train"]["gradient_accumulation"] = 4
     meta_file.write_text(json.dumps(meta))
     checkpointer = TrainCheckpointer(str(tmp_path), config, _abstract(config))
@@ -223,7 +223,7 @@ def test_a_saved_config_with_unknown_runtime_and_train_keys_restores_with_warnin
     checkpointer.close()
     assert int(restored.state.step) == 2 and saved["config"] == config
     _assert_trees_equal(variables["params"], restored.state.params)
-    assert "dropped unknown key runtime.kernels" in caplog.text
+    assert "dropped unknown key runtime.fused_attention" in caplog.text
     assert "dropped unknown key train.gradient_accumulation" in caplog.text
 
 
