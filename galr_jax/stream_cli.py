@@ -26,6 +26,7 @@ import numpy as np
 import soundfile as sf
 
 from galr_jax.checkpoints import CheckpointError, parse_which
+from galr_jax.inference.audio_io import open_input
 from galr_jax.inference.streaming import DEFAULT_MAX_SECONDS, StreamingSeparator
 
 STDIN = "-"
@@ -35,7 +36,7 @@ _PERCENTILE = 95
 
 
 def _blocks(path: str, block: int, sample_rate: int):
-    """Mono float32 blocks of ``block`` samples (the last may be shorter)."""
+    """Mono float32 blocks of about ``block`` samples at ``sample_rate``."""
     if path == STDIN:
         while True:
             data = sys.stdin.buffer.read(block * _PCM16_BYTES)
@@ -44,12 +45,9 @@ def _blocks(path: str, block: int, sample_rate: int):
             usable = len(data) - len(data) % _PCM16_BYTES
             yield np.frombuffer(data[:usable], "<i2").astype(np.float32) / _PCM16_SCALE
         return
-    with sf.SoundFile(path) as audio:
-        if audio.samplerate != sample_rate:
-            raise ValueError(f"{path}: {audio.samplerate} Hz, the model streams at "
-                             f"{sample_rate} Hz (resample it first)")
-        for data in audio.blocks(blocksize=block, dtype="float32", always_2d=True):
-            yield data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    # Files go through the same reader as galr-separate: mono, resampled with soxr to the
+    # model's rate, NaN/Inf samples reported.
+    yield from open_input(path, sample_rate, block).blocks
 
 
 def _max_seconds(path: str) -> float:
@@ -78,7 +76,7 @@ def stream_files(args, output_paths) -> int:
             if existing and not args.force:
                 raise ValueError(f"{existing[0]} exists (--force replaces it)")
             _stream_one(separator, path, destinations, args)
-        except (CheckpointError, ValueError, OSError, sf.LibsndfileError) as e:
+        except (CheckpointError, ValueError, OSError, sf.LibsndfileError) as e:  # AudioError is a ValueError
             print(f"FAILED {path}: {e}", file=sys.stderr)
             failures += 1
     return 1 if failures else 0
