@@ -76,7 +76,8 @@ def stream_files(args, output_paths) -> int:
             if existing and not args.force:
                 raise ValueError(f"{existing[0]} exists (--force replaces it)")
             _stream_one(separator, path, destinations, args)
-        except (CheckpointError, ValueError, OSError, sf.LibsndfileError) as e:  # AudioError is a ValueError
+        # ValueError covers AudioError (a bad or unreadable input file).
+        except (CheckpointError, ValueError, OSError, sf.LibsndfileError) as e:
             print(f"FAILED {path}: {e}", file=sys.stderr)
             failures += 1
     return 1 if failures else 0
