@@ -18,8 +18,8 @@ import os
 from typing import Any, Mapping, Optional, Sequence
 
 from galr_jax.pretrained import PretrainedError
+from galr_jax.training.logs import read_metrics
 
-METRICS_LOG = "metrics.jsonl"
 VERSIONS_FILE = "versions.json"
 SUMMARY_FILE = "summary.json"
 PER_UTTERANCE_FILE = "per_utterance.csv"
@@ -99,11 +99,9 @@ def training_record(workdir: str, step: int) -> dict:
     without startup, validation, checkpoints or pauses between resumed runs.
     """
     record: dict = {"seconds_in_steps": None, "validations": [], "versions": {}}
-    log_path = os.path.join(workdir, METRICS_LOG)
-    if os.path.isfile(log_path):
+    entries = read_metrics(workdir)
+    if entries:
         seconds, previous = 0.0, 0
-        with open(log_path, encoding="utf-8") as f:
-            entries = [json.loads(line) for line in f if line.strip()]
         # A resumed run logs the steps after its checkpoint again; the last entry of a step wins.
         by_step = {e["step"]: e for e in entries if "step" in e}
         for entry_step in sorted(s for s in by_step if s <= step):
