@@ -6,12 +6,12 @@
 
 Writes ``per_utterance.csv`` and ``summary.json`` to ``WORKDIR/eval/SPLIT`` (or ``--out``)
 and prints a table; ``python eval.py --help`` lists the options. The work is done by
-:mod:`galr_jax.evaluate_checkpoint`.
+:mod:`galr_jax.evaluation.cli`.
 """
 
 import sys
 
-from galr_jax.evaluate_checkpoint import main
+from galr_jax.evaluation.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -12,7 +12,7 @@ Per-block parts are multiplied by the number of blocks in the "model share" colu
 which therefore tells where optimisation pays; the whole model is timed too, so the
 sum of the parts can be checked against it.
 
-With ``--torch`` the same parts of the PyTorch reference (``galr_jax.torch_reference``,
+With ``--torch`` the same parts of the PyTorch reference (``galr_jax.interop.torch_reference``,
 eval mode, its own ``nn.LSTM`` for the BiLSTM row) are timed on the same inputs in the
 same rounds, with as many threads as JAX sees, and the table gains the ratios.
 """
@@ -30,7 +30,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from galr_jax.host_memory import keep_freed_memory  # noqa: E402
+from galr_jax.training.host_memory import keep_freed_memory  # noqa: E402
 
 keep_freed_memory()  # as train.py does, before XLA allocates
 
@@ -156,7 +156,7 @@ def _torch_part(name, c):
     """The PyTorch reference's counterpart of a part, built with torch's default init."""
     import torch
 
-    from galr_jax import torch_reference
+    from galr_jax.interop import torch_reference
 
     torch.set_num_threads(measure.cpu_threads())
     torch.manual_seed(0)

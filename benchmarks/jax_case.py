@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from galr_jax import build_model, losses
+from galr_jax.models import build_model
+from galr_jax.training import losses
 from galr_jax.config import Config
 from galr_jax.models.segmentation import num_frames
 

@@ -48,7 +48,7 @@ def step_gflop(name: str) -> float:
 
     sys.path.insert(0, str(REPO / "benchmarks"))
     import opcount
-    from galr_jax import losses
+    from galr_jax.training import losses
     from galr_jax.models import build_model
 
     config = load_config(str(REPO / "configs" / f"{name}.yaml"))

@@ -49,8 +49,8 @@ import numpy as np  # noqa: E402
 
 from galr_jax.config import add_override_argument, load_config  # noqa: E402
 from galr_jax.data import make_train_loader, open_split  # noqa: E402
-from galr_jax.host_memory import keep_freed_memory_on_cpu  # noqa: E402
 from galr_jax.training import create_train_state  # noqa: E402
+from galr_jax.training.host_memory import keep_freed_memory_on_cpu  # noqa: E402
 from galr_jax.training.loop import build_train_step  # noqa: E402
 from galr_jax.training.parallel import PendingMetrics, PmapParallel  # noqa: E402
 

@@ -16,7 +16,7 @@ really is. Unless OMP_WAIT_POLICY is already set, this script sets it to PASSIVE
 before PyTorch loads, and records the value in the JSON.
 
 Both frameworks run with the host allocator settings that ``train.py`` uses
-(:mod:`galr_jax.host_memory`: freed memory stays in the process, so no call pays for
+(:mod:`galr_jax.training.host_memory`: freed memory stays in the process, so no call pays for
 page faults on its buffers); ``GALR_JAX_SYSTEM_MALLOC=1`` measures glibc's defaults.
 The JSON records which. The long-audio run (a subprocess) measures ``galr-separate``
 as it runs, without them.
@@ -40,7 +40,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from galr_jax.host_memory import keep_freed_memory  # noqa: E402
+from galr_jax.training.host_memory import keep_freed_memory  # noqa: E402
 
 HOST_ALLOCATOR = "kept" if keep_freed_memory() else "system"  # before XLA or torch allocate
 

@@ -11,8 +11,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from galr_jax.config import Config
-from galr_jax.losses import SI_SNR_EPS
-from galr_jax.torch_reference import build_torch_model, count_parameters
+from galr_jax.interop.torch_reference import build_torch_model, count_parameters
+from galr_jax.training.losses import SI_SNR_EPS
 
 import measure
 
@@ -39,7 +39,8 @@ _LSTM_FLOP_FORMULAS = {
 
 
 def pit_neg_si_snr(estimates: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of the best-permutation negative SI-SNR (as ``galr_jax.losses``).
+    """Mean over the batch of the best-permutation negative SI-SNR
+    (as ``galr_jax.training.losses``).
 
     Args:
       estimates, references: ``[B, C, T]``.

@@ -21,7 +21,7 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from galr_jax.host_memory import keep_freed_memory  # noqa: E402
+from galr_jax.training.host_memory import keep_freed_memory  # noqa: E402
 
 keep_freed_memory()  # as train.py does, before XLA allocates
 

@@ -18,9 +18,9 @@ import sys
 import yaml
 
 from galr_jax.config import config_from_saved
+from galr_jax.models.summary import count_params
 from galr_jax.pretrained.card import (per_source_figures, read_evaluation, read_speakers,
                                       training_record)
-from galr_jax.summary import count_params
 
 
 def run_row(workdir: pathlib.Path, speakers: list, split: str) -> dict:

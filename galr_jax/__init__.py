@@ -1,8 +1,9 @@
 """galr-jax: GALR (globally attentive, locally recurrent) speech separation in JAX/Flax.
 
 The model names are resolved on first use (PEP 562), so that importing a light
-submodule (``galr_jax.config``, ``galr_jax.host_memory``) does not import JAX: the
-command lines parse their arguments, and tune the host allocator, before JAX starts.
+submodule (``galr_jax.config``, ``galr_jax.training.host_memory``) does not import JAX:
+the command lines parse their arguments, and tune the host allocator, before JAX
+starts.
 """
 
 import importlib

@@ -8,7 +8,7 @@ library user's process keeps its own logging and ``sys.unraisablehook``. It
   reads or writes;
 * filters Orbax's reports of checkpoint saves: the warning that a save carries no
   metrics, and the tracebacks of its threads after a failed save (the failure
-  reaches the user as one :class:`galr_jax.checkpoints.CheckpointError` line);
+  reaches the user as one :class:`galr_jax.training.checkpoints.CheckpointError` line);
 * silences the "Event loop is closed" errors of TensorStore writes that finish after
   a failed save was torn down, which Python would print as unraisable exceptions.
 

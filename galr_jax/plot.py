@@ -24,7 +24,7 @@ import io
 import sys
 from typing import Any, Mapping, Optional, Sequence
 
-from galr_jax.checkpoints import PathLike, as_path
+from galr_jax.training.checkpoints import PathLike, as_path
 from galr_jax.training.logs import METRICS_FILE, read_metrics
 
 SECONDS_PER_HOUR = 3600.0

@@ -25,12 +25,12 @@ DATA=${DATA:-data/demo}
 WORKDIR=${WORKDIR:-runs/demo}
 
 # This form of an empty array, because set -u rejects "${array[@]}" in bash < 4.4.
-$PY -m galr_jax.demo_data --out "$DATA" ${DEMO_DATA_OPTIONS[@]+"${DEMO_DATA_OPTIONS[@]}"}
+$PY -m galr_jax.data.demo --out "$DATA" ${DEMO_DATA_OPTIONS[@]+"${DEMO_DATA_OPTIONS[@]}"}
 $PY train.py --config configs/demo.yaml --workdir "$WORKDIR" --set data.root="$DATA" "$@"
 $PY eval.py --workdir "$WORKDIR" --data "$DATA" --split tt
 # A glob, not `ls | head`: head exits after one line, ls then dies of SIGPIPE, and pipefail
 # ended the script here, before the separation, in most runs.
 mixtures=("$DATA"/tt/mix/*.wav)
 example=${mixtures[0]}
-$PY -m galr_jax.separate --workdir "$WORKDIR" "$example" --out "$WORKDIR/separated" --force
+$PY -m galr_jax.inference.cli --workdir "$WORKDIR" "$example" --out "$WORKDIR/separated" --force
 echo "Separated $example into $WORKDIR/separated/; scores in $WORKDIR/eval/tt/summary.json"

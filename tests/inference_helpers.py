@@ -50,7 +50,7 @@ def init_variables(config, seed: int = 0):
 
 def make_checkpoint(directory: str, config=None, seed: int = 0, step: int = 0) -> str:
     """Saves a freshly initialised model as a weights-only checkpoint; returns ``directory``."""
-    from galr_jax.checkpoints import save_variables
+    from galr_jax.training.checkpoints import save_variables
 
     config = config or tiny_config()
     save_variables(directory, init_variables(config, seed), config, step=step)

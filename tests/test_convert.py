@@ -1,4 +1,4 @@
-"""Tests of the torch <-> Flax weight converter (galr_jax/convert.py)."""
+"""Tests of the torch <-> Flax weight converter (galr_jax/interop/convert.py)."""
 
 import pathlib
 
@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from galr_jax.config import config_from_dict, load_config
-from galr_jax.convert import (ConversionError, expected_flax_shapes, expected_torch_shapes,
-                              flax_to_torch, torch_to_flax)
+from galr_jax.interop.convert import (ConversionError, expected_flax_shapes, expected_torch_shapes,
+                                      flax_to_torch, torch_to_flax)
+from galr_jax.interop.torch_reference import build_torch_model
 from galr_jax.models import build_model
-from galr_jax.torch_reference import build_torch_model
 
 # XLA and torch's intra-op pool would otherwise compete for the two CI cores.
 torch.set_num_threads(1)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from galr_jax import demo_data
+from galr_jax.data import demo as demo_data
 from galr_jax.data import voices
 from galr_jax.data.datasets import open_wsj0_mix
 

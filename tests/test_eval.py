@@ -9,10 +9,10 @@ import os
 import numpy as np
 import pytest
 
-from galr_jax import evaluate_checkpoint
-from galr_jax.checkpoints import CHECKPOINT_SUBDIR, restore_variables
+from galr_jax.evaluation import cli as evaluate_checkpoint
 from galr_jax.data import open_split
 from galr_jax.models import build_model
+from galr_jax.training.checkpoints import CHECKPOINT_SUBDIR, restore_variables
 from galr_jax.training.validation import Validator
 from inference_helpers import (SAMPLE_RATE, TINY_EVAL, make_checkpoint, run_cli, speech_like,
                                tiny_config, write_wav)

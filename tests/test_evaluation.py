@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from galr_jax import evaluation, metrics
+from galr_jax.evaluation import metrics, scoring
 
 SAMPLE_RATE = 1000  # small rate: utterances of a few hundred samples keep tests fast
 BUCKET_SECONDS = (0.4, 0.8)
@@ -69,46 +69,46 @@ def repeated_mixture(mixture, lengths):
 
 def test_bucket_length():
     buckets = (400, 800)
-    assert evaluation.bucket_length(1, buckets) == 400
-    assert evaluation.bucket_length(400, buckets) == 400
-    assert evaluation.bucket_length(401, buckets) == 800
-    assert evaluation.bucket_length(800, (800, 400)) == 800
-    assert evaluation.bucket_length(801, buckets) == 1600
-    assert evaluation.bucket_length(2401, buckets) == 3200
+    assert scoring.bucket_length(1, buckets) == 400
+    assert scoring.bucket_length(400, buckets) == 400
+    assert scoring.bucket_length(401, buckets) == 800
+    assert scoring.bucket_length(800, (800, 400)) == 800
+    assert scoring.bucket_length(801, buckets) == 1600
+    assert scoring.bucket_length(2401, buckets) == 3200
     with pytest.raises(ValueError, match="positive"):
-        evaluation.bucket_length(0, buckets)
+        scoring.bucket_length(0, buckets)
 
 
 def test_make_buckets_plans_bounded_full_batches():
     lengths = [100, 500, 300, 900, 450, 350, 399, 1700, 20]
-    batches = evaluation.make_buckets(lengths, BUCKET_SECONDS, SAMPLE_RATE, batch_size=2)
+    batches = scoring.make_buckets(lengths, BUCKET_SECONDS, SAMPLE_RATE, batch_size=2)
     assert batches == [
-        evaluation.Batch((0, 2), 400),
-        evaluation.Batch((1, 4), 800),
-        evaluation.Batch((5, 6), 400),
-        evaluation.Batch((8,), 400),
-        evaluation.Batch((3,), 1600),
-        evaluation.Batch((7,), 2400),  # beyond the largest bucket: a multiple of it
+        scoring.Batch((0, 2), 400),
+        scoring.Batch((1, 4), 800),
+        scoring.Batch((5, 6), 400),
+        scoring.Batch((8,), 400),
+        scoring.Batch((3,), 1600),
+        scoring.Batch((7,), 2400),  # beyond the largest bucket: a multiple of it
     ]
     assert sorted(i for b in batches for i in b.indices) == list(range(len(lengths)))
     for batch in batches:
         assert 1 <= len(batch.indices) <= 2
         assert all(lengths[i] <= batch.padded_length for i in batch.indices)
     with pytest.raises(ValueError, match="batch_size"):
-        evaluation.make_buckets(lengths, BUCKET_SECONDS, SAMPLE_RATE, batch_size=0)
+        scoring.make_buckets(lengths, BUCKET_SECONDS, SAMPLE_RATE, batch_size=0)
 
 
 def test_oracle_scores_high_and_repeated_mixture_scores_zero():
     utterances = make_utterances([350, 700, 120, 790, 400, 610])
     kwargs = dict(sample_rate=SAMPLE_RATE, bucket_seconds=BUCKET_SECONDS, batch_size=4,
                   compute_sdr=True, sdr_filter_length=SDR_TAPS, progress=False)
-    oracle = evaluation.evaluate(near_oracle, utterances, **kwargs)
+    oracle = scoring.evaluate(near_oracle, utterances, **kwargs)
     assert [r["id"] for r in oracle.records] == [u[0] for u in utterances]
     assert [r["length"] for r in oracle.records] == [350, 700, 120, 790, 400, 610]
     for record in oracle.records:
         assert record["si_snri"] > 15.0 and record["sdri"] > 15.0
         assert record["permutation"] == [1, 0]
-    repeated = evaluation.evaluate(repeated_mixture, utterances, **kwargs)
+    repeated = scoring.evaluate(repeated_mixture, utterances, **kwargs)
     for record in repeated.records:
         assert abs(record["si_snri"]) < 1e-4
         assert abs(record["sdri"]) < 1e-6
@@ -131,9 +131,9 @@ def test_scores_see_only_the_valid_samples_of_every_bucket():
     kwargs = dict(sample_rate=SAMPLE_RATE, batch_size=2, compute_sdr=True,
                   sdr_filter_length=SDR_TAPS, progress=False)
     # Buckets equal to the lengths: no padding in time (the batch rows are still padded).
-    exact = evaluation.evaluate(near_oracle, utterances,
+    exact = scoring.evaluate(near_oracle, utterances,
                                 bucket_seconds=[n / SAMPLE_RATE for n in lengths], **kwargs)
-    padded = evaluation.evaluate(near_oracle, utterances, bucket_seconds=(1.0,), **kwargs)
+    padded = scoring.evaluate(near_oracle, utterances, bucket_seconds=(1.0,), **kwargs)
     for a, b in zip(exact.records, padded.records):
         for key in ("si_snr", "si_snri", "sdr", "sdri"):
             assert abs(a[key] - b[key]) < 1e-4, (a["id"], key, a[key], b[key])
@@ -143,9 +143,9 @@ def test_shapes_bounded_by_buckets_and_batches_follow_the_plan():
     lengths = [50, 390, 410, 799, 230, 640, 300, 12, 777, 405, 1500]
     utterances = make_utterances(lengths, seed=2)
     recorder = ShapeRecorder(repeated_mixture)
-    result = evaluation.evaluate(recorder, iter(utterances), sample_rate=SAMPLE_RATE,
+    result = scoring.evaluate(recorder, iter(utterances), sample_rate=SAMPLE_RATE,
                                  bucket_seconds=BUCKET_SECONDS, batch_size=3, progress=False)
-    plan = evaluation.make_buckets(lengths, BUCKET_SECONDS, SAMPLE_RATE, batch_size=3)
+    plan = scoring.make_buckets(lengths, BUCKET_SECONDS, SAMPLE_RATE, batch_size=3)
     assert recorder.shapes == [(3, batch.padded_length) for batch in plan]
     # Each row's own length; rows that only fill the batch count as full length.
     assert recorder.lengths == [[lengths[i] for i in batch.indices]
@@ -162,9 +162,9 @@ def test_batch_padded_to_a_multiple_of_devices():
     kwargs = dict(sample_rate=SAMPLE_RATE, bucket_seconds=BUCKET_SECONDS, batch_size=3,
                   progress=False)
     recorder = ShapeRecorder(near_oracle)
-    multi = evaluation.evaluate(recorder, utterances, num_devices=2, **kwargs)
+    multi = scoring.evaluate(recorder, utterances, num_devices=2, **kwargs)
     assert set(recorder.shapes) == {(4, 400)}
-    single = evaluation.evaluate(near_oracle, utterances, **kwargs)
+    single = scoring.evaluate(near_oracle, utterances, **kwargs)
     for a, b in zip(multi.records, single.records):
         assert a["si_snri"] == pytest.approx(b["si_snri"], abs=1e-5)
 
@@ -175,18 +175,18 @@ def test_invalid_inputs_are_reported():
     good = make_utterances([100, 200])
     three_sources = ("bad", good[1][1], np.stack([good[1][1]] * 3))
     with pytest.raises(ValueError, match="utterance bad: 3 sources"):
-        evaluation.evaluate(repeated_mixture, [good[0], three_sources], **kwargs)
+        scoring.evaluate(repeated_mixture, [good[0], three_sources], **kwargs)
     with pytest.raises(ValueError, match="utterance x: sources must be"):
-        evaluation.evaluate(repeated_mixture, [("x", np.zeros(10), np.zeros((2, 9)))], **kwargs)
+        scoring.evaluate(repeated_mixture, [("x", np.zeros(10), np.zeros((2, 9)))], **kwargs)
     with pytest.raises(ValueError, match="separate_fn returned shape"):
-        evaluation.evaluate(jax.jit(lambda m, n: m[:, None, :]), good, **kwargs)
-    empty = evaluation.evaluate(repeated_mixture, [], **kwargs)
+        scoring.evaluate(jax.jit(lambda m, n: m[:, None, :]), good, **kwargs)
+    empty = scoring.evaluate(repeated_mixture, [], **kwargs)
     assert empty.records == [] and empty.summary == {"count": 0}
 
 
 def test_perceptual_columns_follow_the_installed_packages():
     utterances = make_utterances([300, 420])
-    result = evaluation.evaluate(repeated_mixture, utterances, sample_rate=SAMPLE_RATE,
+    result = scoring.evaluate(repeated_mixture, utterances, sample_rate=SAMPLE_RATE,
                                  bucket_seconds=BUCKET_SECONDS, batch_size=4, perceptual=True,
                                  progress=False)
     extra = set(result.records[0]) - {"id", "length", "si_snr", "si_snri", "permutation"}

@@ -4,7 +4,7 @@
   configs under both kernel choices (``runtime.kernels``), exported with ``jax.export``
   for CPU, CUDA and TPU on two virtual CPU devices:
   a construct that only XLA:CPU accepts fails here, before a pod run does.
-* ``galr-export`` / :mod:`galr_jax.exported`: a fresh process that never imports the
+* ``galr-export`` / :mod:`galr_jax.inference.exported`: a fresh process that never imports the
   model code (nor Flax) separates exactly as :class:`Separator` does, for two batch
   sizes and three lengths, through both kinds of exported length (symbolic multiples
   and fixed lengths); ``galr-separate --exported`` writes the files ``--workdir`` writes.
@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 import soundfile
 
-from galr_jax import exported
-from galr_jax.export_cli import export_model, length_multiple, main as export_main
+from galr_jax.inference import exported
 from galr_jax.inference import Separator
+from galr_jax.inference.cli import main as separate_main
+from galr_jax.inference.export_cli import export_model, length_multiple, main as export_main
 from galr_jax.inference.level import rescale_to_mixture
-from galr_jax.separate import main as separate_main
 from inference_helpers import (SAMPLE_RATE, init_variables, make_checkpoint, speech_like,
                                tiny_config, write_wav)
 from subprocess_env import REPO, cpu_environment
@@ -86,7 +86,7 @@ def _fresh_process_environment() -> dict:
 _LOADER_SCRIPT = """
 import json, sys
 import numpy as np
-from galr_jax import exported
+from galr_jax.inference import exported
 
 model = exported.load(sys.argv[1])
 with np.load(sys.argv[2]) as saved:

@@ -46,14 +46,14 @@ print(applied, (libc.mallinfo2().arena - heap_before) // {PAGE_BYTES}, *faults)
 """
 # Before JAX is imported, as the benchmarks do.
 PROBE = PROBE_TEMPLATE.replace("SETUP", """
-from galr_jax.host_memory import keep_freed_memory
+from galr_jax.training.host_memory import keep_freed_memory
 applied = keep_freed_memory()
 """)
-# As train.py does: the training package imported and JAX's backend started (to learn
+# As train.py does: the training loop imported and JAX's backend started (to learn
 # that it is the CPU) before the settings.
 TRAIN_PY_PROBE = PROBE_TEMPLATE.replace("SETUP", """
-import galr_jax.training
-from galr_jax.host_memory import keep_freed_memory_on_cpu
+from galr_jax.training import train_and_evaluate
+from galr_jax.training.host_memory import keep_freed_memory_on_cpu
 applied = keep_freed_memory_on_cpu()
 """)
 

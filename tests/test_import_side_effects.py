@@ -1,7 +1,7 @@
 """Importing galr_jax (every module, and train.py / eval.py) changes nothing in the process.
 
 The command lines set up logging (:mod:`galr_jax.cli_logging`) and the allocator
-(:mod:`galr_jax.host_memory`) themselves; a library user who imports the package keeps
+(:mod:`galr_jax.training.host_memory`) themselves; a library user who imports the package keeps
 their own logging, hooks, signal handlers, environment and malloc settings, and JAX's
 backends stay unstarted (``jax.distributed.initialize`` must come before them).
 
@@ -139,6 +139,6 @@ def test_importing_every_module_changes_nothing_in_the_process():
     assert not changed, f"importing galr_jax changed: {json.dumps(changed, indent=1)[:3000]}"
     # Only a module that needs a missing optional dependency (torch) may be left out.
     core = {"galr_jax.training", "galr_jax.training.checkpointer", "galr_jax.inference",
-            "galr_jax.evaluate_checkpoint", "galr_jax.separate", "train", "eval"}
+            "galr_jax.evaluation.cli", "galr_jax.inference.cli", "train", "eval"}
     assert core <= set(report["imported"]), (sorted(core - set(report["imported"])),
                                              report["skipped"])

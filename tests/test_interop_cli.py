@@ -1,4 +1,4 @@
-"""``python -m galr_jax.convert``: PyTorch <-> Orbax for users, the comparison, unsafe files."""
+"""``python -m galr_jax.interop.cli``: PyTorch <-> Orbax for users, the comparison, unsafe files."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from galr_jax import interop_cli
-from galr_jax.checkpoints import restore_variables
+from galr_jax.interop import cli as interop_cli
 from galr_jax.config import load_config, save_config
 from galr_jax.inference import Separator
+from galr_jax.interop.torch_reference import build_torch_model
 from galr_jax.models import build_model
-from galr_jax.torch_reference import build_torch_model
+from galr_jax.training.checkpoints import restore_variables
 from inference_helpers import make_checkpoint, run_cli, speech_like, tiny_config, write_wav
 
 
@@ -40,7 +40,7 @@ def _torch_output(state_dict, config, mixture: np.ndarray) -> np.ndarray:
 
 def test_torch_to_orbax_is_usable_by_separation_and_compares_equal(files):
     out = str(files / "exported")
-    result = run_cli(["-m", "galr_jax.convert", "torch-to-orbax", str(files / "model.pt"),
+    result = run_cli(["-m", "galr_jax.interop.cli", "torch-to-orbax", str(files / "model.pt"),
                       "--config", str(files / "tiny.yaml"), "--out", out])
     assert result.returncode == 0, result.stderr[-3000:]
     variables, meta = restore_variables(out)

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from galr_jax import ConfigError
-from galr_jax.checkpoints import restore_variables, save_variables
 from galr_jax.config import config_from_dict, load_config
 from galr_jax.kernels import resolve
 from galr_jax.kernels.attention import SELF_ATTENTION
@@ -21,6 +20,7 @@ from galr_jax.kernels.lstm import BILSTM
 from galr_jax.kernels.norms import GLOBAL_LAYER_NORM, LAYER_NORM, MASKED_GLOBAL_LAYER_NORM
 from galr_jax.kernels.remat import RECOMPUTE_IN_BACKWARD
 from galr_jax.models import build_model
+from galr_jax.training.checkpoints import restore_variables, save_variables
 from inference_helpers import tiny_config
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"

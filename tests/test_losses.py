@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from galr_jax import losses
+from galr_jax.training import losses
 
 
 def numpy_si_snr(estimate, reference, eps=losses.SI_SNR_EPS):

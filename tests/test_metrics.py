@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from galr_jax import metrics
+from galr_jax.evaluation import metrics
 
 
 def brute_force_sdr(estimate, reference, filter_length):

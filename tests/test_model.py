@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 
 from galr_jax import ConfigError, build_model, load_config
+from galr_jax.models import summary
 from galr_jax.config import RuntimeConfig, config_from_dict
-from galr_jax.models import Dropout, GALRBlock, GlobalLayerNorm, GloballyAttentive, LayerNorm
 from galr_jax.kernels.dense import add_bias
 from galr_jax.kernels.scheduling import scan_in_place, scan_into_own_buffers
+from galr_jax.models import Dropout, GALRBlock, GlobalLayerNorm, GloballyAttentive, LayerNorm
 from galr_jax.models.dense import Dense
 from galr_jax.models.galr import SegmentLengthMap
 from galr_jax.models.remat import apply_recomputed, apply_rematerialised
-from galr_jax import summary
-from galr_jax.summary import count_params
+from galr_jax.models.summary import count_params
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 SMALL_GALR = {"separator": "galr", "window": 16, "num_filters": 16, "features": 16,

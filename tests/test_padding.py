@@ -14,7 +14,8 @@ import numpy as np
 import optax
 import pytest
 
-from galr_jax import losses, metrics
+from galr_jax.evaluation import metrics
+from galr_jax.training import losses
 from galr_jax.config import config_from_dict
 from galr_jax.models import build_model
 

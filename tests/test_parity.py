@@ -16,14 +16,14 @@ import pytest
 import torch
 
 from galr_jax.config import RuntimeConfig, config_from_dict, load_config
-from galr_jax.convert import torch_to_flax
+from galr_jax.interop.convert import torch_to_flax
+from galr_jax.interop.torch_reference import build_torch_model, pad_for_windows
+from galr_jax.interop.torch_reference import overlap_add as torch_overlap_add
+from galr_jax.interop.torch_reference import segment as torch_segment
 from galr_jax.models import (BiLSTM, DPRNNBlock, Decoder, Encoder, GALRBlock, GlobalLayerNorm,
                              GloballyAttentive, LocallyRecurrent, MaskHead, build_model,
                              overlap_add, segment)
 from galr_jax.models.segmentation import num_frames
-from galr_jax.torch_reference import build_torch_model, pad_for_windows
-from galr_jax.torch_reference import overlap_add as torch_overlap_add
-from galr_jax.torch_reference import segment as torch_segment
 
 # XLA and torch's intra-op pool would otherwise compete for the two CI cores.
 torch.set_num_threads(1)

@@ -17,7 +17,10 @@ import numpy as np
 import pytest
 import soundfile
 
-from galr_jax import evaluate_checkpoint, export_cli, pretrained, separate
+from galr_jax import pretrained
+from galr_jax.evaluation import cli as evaluate_checkpoint
+from galr_jax.inference import cli as separate
+from galr_jax.inference import export_cli
 from galr_jax.inference import Separator
 from galr_jax.pretrained import card, release
 from subprocess_env import REPO
@@ -105,7 +108,7 @@ def test_from_pretrained_holds_the_workdirs_weights_and_architecture(run, regist
     """With these equal, the outputs are equal: test_galr_separate_model compares them."""
     import jax
 
-    from galr_jax.checkpoints import restore_variables
+    from galr_jax.training.checkpoints import restore_variables
 
     variables, meta = restore_variables(run[0], which="latest")
     loaded = Separator.from_pretrained(NAME, root=registry)
@@ -219,7 +222,7 @@ def test_galr_separate_model_outputs_what_the_workdir_separator_does(use_registr
     path = str(tmp_path / "mix.wav")
     soundfile.write(path, mixture, SAMPLE_RATE, subtype="FLOAT")
     env = dict(environment(), **{pretrained.ROOT_ENV: use_registry})
-    result = subprocess.run([sys.executable, "-m", "galr_jax.separate", "--model", NAME, path,
+    result = subprocess.run([sys.executable, "-m", "galr_jax.inference.cli", "--model", NAME, path,
                              "--out", str(tmp_path / "out"), "--quiet"], capture_output=True,
                             text=True, env=env, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -252,7 +255,7 @@ def test_shipped_models_output_sources_at_the_mixtures_level(name):
 
 @pytest.mark.slow
 def test_galr_export_model_runs_the_released_weights(use_registry, tmp_path):
-    from galr_jax import exported
+    from galr_jax.inference import exported
     from galr_jax.inference.apply import BatchedApply
 
     out = str(tmp_path / "tiny.jaxexport")

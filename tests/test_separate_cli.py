@@ -1,4 +1,4 @@
-"""``python -m galr_jax.separate``: inputs, outputs, and a zoo of bad audio files."""
+"""``python -m galr_jax.inference.cli``: inputs, outputs, and a zoo of bad audio files."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from galr_jax import separate
+from galr_jax.inference import cli as separate
 from galr_jax.inference.audio_io import PCM16_PEAK_DBFS, resampled_length
 from inference_helpers import (SAMPLE_RATE, environment, make_checkpoint, run_cli, speech_like,
                                write_wav)
@@ -84,8 +84,8 @@ def test_bad_audio_zoo_reports_each_file_and_separates_the_rest(tmp_path, checkp
     good = _good_files(zoo)
     bad = _bad_files(zoo)
     missing, no_match = str(tmp_path / "missing.wav"), str(tmp_path / "nothing*.wav")
-    result = run_cli(["-m", "galr_jax.separate", "--workdir", checkpoint, zoo, missing, no_match,
-                      str(tmp_path / "no_wavs"), "--out", out, "--quiet"])
+    result = run_cli(["-m", "galr_jax.inference.cli", "--workdir", checkpoint, zoo, missing,
+                      no_match, str(tmp_path / "no_wavs"), "--out", out, "--quiet"])
     assert result.returncode == separate.EXIT_FAILED_FILES, result.stderr[-3000:]
     report = result.stderr
     for stem, length in good.items():

@@ -218,7 +218,7 @@ def causal_checkpoint(tmp_path_factory):
 
 
 def _offline(config, directory, samples):
-    from galr_jax.checkpoints import restore_variables
+    from galr_jax.training.checkpoints import restore_variables
 
     variables, _ = restore_variables(directory)
     return np.asarray(jax.jit(build_model(config).apply)(variables, samples[None]))[0]
@@ -228,7 +228,7 @@ def test_the_stream_cli_writes_the_offline_outputs_and_reports_latency_and_rtf(
         causal_checkpoint, tmp_path, capsys):
     import soundfile
 
-    from galr_jax import separate
+    from galr_jax.inference import cli as separate
 
     config, directory = causal_checkpoint
     samples = 0.3 * signal(3001)
@@ -256,7 +256,7 @@ def test_the_stream_cli_reads_raw_pcm16_from_standard_input(causal_checkpoint, t
     config, directory = causal_checkpoint
     pcm = np.round(0.3 * signal(1500) * 32767).astype("<i2")
     done = subprocess.run(
-        [sys.executable, "-m", "galr_jax.separate", "--stream", "--workdir", directory, "-",
+        [sys.executable, "-m", "galr_jax.inference.cli", "--stream", "--workdir", directory, "-",
          "--out", str(tmp_path)], input=pcm.tobytes(), capture_output=True,
         env=environment(), cwd=REPO, timeout=240)
     assert done.returncode == 0, done.stderr.decode()

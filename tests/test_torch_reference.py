@@ -1,4 +1,4 @@
-"""Tests of the PyTorch reference model (galr_jax/torch_reference.py) against the spec."""
+"""Tests of the PyTorch reference model (galr_jax/interop/torch_reference.py) against the spec."""
 
 import math
 import pathlib
@@ -8,20 +8,11 @@ import torch
 from torch.nn import functional as F
 
 from galr_jax.config import ModelConfig, config_from_dict, load_config
-from galr_jax.torch_reference import (
-    DPRNNBlock,
-    GloballyAttentive,
-    MaskHead,
-    RecurrentPath,
-    build_torch_model,
-    count_parameters,
-    hop_padding,
-    overlap_add,
-    pad_for_windows,
-    parameter_breakdown,
-    segment,
-    sinusoidal_positional_encoding,
-)
+from galr_jax.interop.torch_reference import (DPRNNBlock, GloballyAttentive, MaskHead,
+                                              RecurrentPath, build_torch_model, count_parameters,
+                                              hop_padding, overlap_add, pad_for_windows,
+                                              parameter_breakdown, segment,
+                                              sinusoidal_positional_encoding)
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 

@@ -12,11 +12,12 @@ import jax
 import numpy as np
 import pytest
 
-from galr_jax.checkpoints import CheckpointError, restore_variables
 from galr_jax.config import (SCHEMA_VERSION, ConfigError, RuntimeConfig, config_from_dict,
                              config_to_dict)
 from galr_jax.models import build_model
-from galr_jax.training import PlateauSchedule, TrainCheckpointer, abstract_train_state, make_optimizer
+from galr_jax.training import (PlateauSchedule, TrainCheckpointer, abstract_train_state,
+                               make_optimizer)
+from galr_jax.training.checkpoints import CheckpointError, restore_variables
 from galr_jax.training.workdir import prepare_workdir
 from training_helpers import TINY_MODEL
 

@@ -25,7 +25,7 @@ OVERRIDES = ["train.batch_size=2", "data.crop_seconds=0.5", "train.log_every=1",
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("smoke")
     data = root / "demo"
-    build = subprocess.run([sys.executable, "-m", "galr_jax.demo_data", "--out", str(data),
+    build = subprocess.run([sys.executable, "-m", "galr_jax.data.demo", "--out", str(data),
                             "--num-train", "8", "--num-valid", "2", "--num-test", "2",
                             "--seconds", "1", "--no-install"], capture_output=True, text=True,
                            env=environment(1), timeout=300, cwd=REPO)
@@ -59,10 +59,10 @@ def test_second_run_resumed_and_logged_each_step_once(run):
 
 
 def test_evaluation_of_the_checkpoint_matches_the_logged_validation(run):
-    from galr_jax import evaluation
-    from galr_jax.checkpoints import restore_variables
+    from galr_jax.evaluation import scoring
     from galr_jax.data import UtteranceReader, open_split
     from galr_jax.models import build_model
+    from galr_jax.training.checkpoints import restore_variables
 
     variables, meta = restore_variables(run["workdir"], which="latest")
     config = meta["config"]
@@ -72,7 +72,7 @@ def test_evaluation_of_the_checkpoint_matches_the_logged_validation(run):
     logged = [json.loads(line) for line in open(run["workdir"] / "metrics.jsonl")][-1]
     for split in ("cv", "tt"):
         with UtteranceReader(open_split(config.data, split, config.model.num_sources)) as reader:
-            result = evaluation.evaluate(
+            result = scoring.evaluate(
                 separate, ((u.id, u.mixture, u.sources) for u in reader),
                 sample_rate=config.data.sample_rate, bucket_seconds=config.eval.bucket_seconds,
                 batch_size=config.eval.batch_size, progress=False)

@@ -106,7 +106,7 @@ def run_train(config: str, workdir: str, overrides: Iterable[str] = (), num_devi
 def final_params(workdir: str) -> tuple[int, dict]:
     """``(step, {path: array})`` of the params in the newest checkpoint of a run."""
     import jax
-    from galr_jax.checkpoints import restore_variables
+    from galr_jax.training.checkpoints import restore_variables
     variables, meta = restore_variables(workdir, which="latest")
     flat = jax.tree_util.tree_flatten_with_path(variables)[0]
     return meta["step"], {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}

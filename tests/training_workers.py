@@ -137,7 +137,7 @@ def learning_set() -> dict:
 def learn(num_steps: int, out: str) -> None:
     import jax
     from galr_jax.config import config_from_dict
-    from galr_jax.metrics import si_snr_improvement
+    from galr_jax.evaluation.metrics import si_snr_improvement
     from galr_jax.models import build_model
     from galr_jax.training import (create_train_state, make_data_parallel, make_learning_rate_fn,
                                    make_optimizer, train_step)

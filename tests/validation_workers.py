@@ -58,7 +58,7 @@ def _install_recorders(calls: list) -> None:
     """Wraps the compiled functions validation calls so each call is logged in order."""
     from jax.experimental import multihost_utils
 
-    from galr_jax import evaluation
+    from galr_jax.evaluation import scoring
     from galr_jax.inference import apply
 
     original_init = apply.BatchedApply.__init__
@@ -68,7 +68,7 @@ def _install_recorders(calls: list) -> None:
         self._apply = _recording(self._apply, "model", calls)
 
     apply.BatchedApply.__init__ = init
-    evaluation._score_batch = _recording(evaluation._score_batch, "score", calls)
+    scoring._score_batch = _recording(scoring._score_batch, "score", calls)
     multihost_utils.process_allgather = _recording(multihost_utils.process_allgather,
                                                    "process_allgather", calls)
 

@@ -24,15 +24,15 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from galr_jax.checkpoints import restore_variables
 from galr_jax.config import Config, config_from_dict, config_to_dict
 from galr_jax.data.audio import AudioError
-from galr_jax.evaluation import (bucket_length, buckets_in_samples, model_lengths,
-                                 padded_batch_size)
+from galr_jax.evaluation.scoring import (bucket_length, buckets_in_samples, model_lengths,
+                                         padded_batch_size)
 from galr_jax.inference.apply import BatchedApply
 from galr_jax.inference.audio_io import SourceWriter, open_input
 from galr_jax.inference.chunking import OverlapAddStitcher, iter_chunks
 from galr_jax.inference.level import rescale_to_mixture
+from galr_jax.training.checkpoints import restore_variables
 
 PathLike = Union[str, os.PathLike]
 
@@ -57,7 +57,7 @@ class Separator:
       compute_dtype: overrides ``config.runtime.compute_dtype``: ``'bfloat16'`` runs the
         products in bfloat16 (weights, LSTM cell state, norms and softmax stay float32).
       apply: runs the model instead of ``config``'s network and ``variables`` (then unused):
-        e.g. a :class:`galr_jax.exported.ExportedModel`.
+        e.g. a :class:`galr_jax.inference.exported.ExportedModel`.
 
     Attributes:
       sample_rate: Hz the model expects.
@@ -109,7 +109,7 @@ class Separator:
           **options: keyword arguments of the constructor (chunk_seconds, ...).
 
         Raises:
-          galr_jax.checkpoints.CheckpointError: no usable checkpoint at ``path``.
+          galr_jax.training.checkpoints.CheckpointError: no usable checkpoint at ``path``.
         """
         variables, meta = restore_variables(path, which=which)
         separator = cls(meta["config"], variables, **options)

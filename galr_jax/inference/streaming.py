@@ -32,11 +32,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from galr_jax.checkpoints import restore_variables
 from galr_jax.config import Config, ModelConfig
 from galr_jax.models.causal_step import (StreamGeometry, initial_state, memory_segments,
                                          position_of, segment_step)
 from galr_jax.models.separation import COMPUTE_DTYPES
+from galr_jax.training.checkpoints import restore_variables
 
 # A model that attends to all past segments keeps keys and values for this long a stream
 # unless told otherwise (galr_1.5m: 60 s are 600 segments, 59 MB of keys and values).

@@ -5,7 +5,7 @@ CPU-tuned version).
 The parameters are Flax's, name for name and shape for shape (``query``, ``key``,
 ``value``: ``kernel [D, heads, depth]``, ``bias [heads, depth]``; ``out``:
 ``kernel [heads, depth, D]``, ``bias [D]``), initialised as Flax initialises them, so
-checkpoints and the PyTorch conversion (:mod:`galr_jax.convert`) are unchanged.
+checkpoints and the PyTorch conversion (:mod:`galr_jax.interop.convert`) are unchanged.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ def sinusoidal_positions(num_positions, features: int, first: int = 0):
     Returns:
       ``[num_positions, features]`` float32: computed in float64 at trace time when the
       segment count is a number; in float32 on the device when it is symbolic (a model
-      exported for any length, :mod:`galr_jax.exported`).
+      exported for any length, :mod:`galr_jax.inference.exported`).
     """
     if not isinstance(num_positions, int):
         positions = jnp.arange(num_positions, dtype=jnp.float32)[:, None]

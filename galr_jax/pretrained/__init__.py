@@ -32,7 +32,7 @@ import os
 import re
 from typing import Any, Optional
 
-from galr_jax.checkpoints import CheckpointError
+from galr_jax.training.checkpoints import CheckpointError
 
 ROOT_ENV = "GALR_PRETRAINED_DIR"
 CONFIG_FILE = "config.yaml"
@@ -51,7 +51,7 @@ PathLike = str | os.PathLike
 class PretrainedError(CheckpointError):
     """A pretrained model is unknown or its files are unusable; names the model or file.
 
-    A :class:`~galr_jax.checkpoints.CheckpointError`, so every command that reports a
+    A :class:`~galr_jax.training.checkpoints.CheckpointError`, so every command that reports a
     bad checkpoint reports this the same way.
     """
 
@@ -150,7 +150,7 @@ def _restore_params(path: str, data: bytes, config: Any) -> Any:
     import numpy as np
     from flax import serialization
 
-    from galr_jax.checkpoints import abstract_variables
+    from galr_jax.training.checkpoints import abstract_variables
 
     try:
         state = serialization.msgpack_restore(data)

@@ -39,11 +39,11 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from galr_jax import pretrained
-from galr_jax.checkpoints import CheckpointError, restore_variables
 from galr_jax.cli_logging import configure_logging
 from galr_jax.config import (ConfigError, SCHEMA_VERSION, SCHEMA_VERSION_KEY, config_to_dict,
                              load_config)
 from galr_jax.pretrained import card as cards
+from galr_jax.training.checkpoints import CheckpointError, restore_variables
 
 EXIT_USAGE = 2
 RECIPE_DIR = os.path.join("configs", "pretrained")

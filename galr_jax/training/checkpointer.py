@@ -1,4 +1,4 @@
-"""Saving and resuming a training run with the layout of :mod:`galr_jax.checkpoints`.
+"""Saving and resuming a training run with the layout of :mod:`galr_jax.training.checkpoints`.
 
 Each step folder holds ``params`` (``{'params': ...}``, what inference reads),
 ``train_state`` (optimizer state, step, RNG key data, skip counters, the plateau
@@ -38,9 +38,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from galr_jax import checkpoints
-from galr_jax.checkpoints import DATA_ITERATOR, META, PARAMS, TRAIN_STATE, CheckpointError
-from galr_jax.config import Config, ConfigError, config_from_saved, config_to_dict, saved_config_dict
+from galr_jax.config import (Config, ConfigError, config_from_saved, config_to_dict,
+                             saved_config_dict)
+from galr_jax.training import checkpoints
+from galr_jax.training.checkpoints import DATA_ITERATOR, META, PARAMS, TRAIN_STATE, CheckpointError
 from galr_jax.training.optim import PlateauSchedule
 from galr_jax.training.state import TrainState
 

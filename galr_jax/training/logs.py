@@ -32,7 +32,7 @@ from typing import Any, Mapping, Optional
 import tqdm
 from etils import epath
 
-from galr_jax.checkpoints import PathLike, as_path, is_remote
+from galr_jax.training.checkpoints import PathLike, as_path, is_remote
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_SUBDIR = "tensorboard"

@@ -35,11 +35,11 @@ from typing import Any, Optional
 import grain
 import jax
 
-from galr_jax.checkpoints import CheckpointError, as_path, is_remote
 from galr_jax.config import Config
 from galr_jax.data import make_train_loader, open_split
 from galr_jax.models import build_model
 from galr_jax.training.checkpointer import TrainCheckpointer
+from galr_jax.training.checkpoints import CheckpointError, as_path, is_remote
 from galr_jax.training.logs import MetricLogger, Progress, WindowAverage
 from galr_jax.training.optim import PlateauSchedule, make_learning_rate_fn, make_optimizer
 from galr_jax.training.parallel import PendingMetrics, check_batch_size, make_data_parallel

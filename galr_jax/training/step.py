@@ -30,9 +30,9 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from galr_jax import losses
 from galr_jax.models import SeparationModel
 from galr_jax.models.dropout import DROPOUT
+from galr_jax.training import losses
 from galr_jax.training.optim import LearningRateFn
 from galr_jax.training.state import TrainState
 

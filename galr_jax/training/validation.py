@@ -1,6 +1,6 @@
 """Validation SI-SNRi during training, with the scoring code ``eval.py`` uses.
 
-Whole validation utterances go through :func:`galr_jax.evaluation.evaluate`
+Whole validation utterances go through :func:`galr_jax.evaluation.scoring.evaluate`
 (bucketed padding with the valid lengths given to the model, PIT SI-SNRi), so the
 number that ranks checkpoints is the one evaluation reports for the same weights.
 
@@ -36,7 +36,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from galr_jax import evaluation
+from galr_jax.evaluation import scoring
 from galr_jax.config import Config
 from galr_jax.data import MixtureDataset, UtteranceReader
 from galr_jax.inference.apply import BatchedApply
@@ -81,7 +81,7 @@ class Validator:
         with UtteranceReader(self.dataset, num_workers=data.num_workers, prefetch=data.prefetch,
                              bad_files=data.bad_files, process_index=jax.process_index(),
                              process_count=jax.process_count(), limit=limit) as reader:
-            result = evaluation.evaluate(
+            result = scoring.evaluate(
                 apply, ((u.id, u.mixture, u.sources) for u in reader),
                 sample_rate=data.sample_rate, bucket_seconds=self.config.eval.bucket_seconds,
                 batch_size=self.config.eval.batch_size, num_devices=apply.num_devices,

@@ -29,9 +29,9 @@ import jax
 import yaml
 from etils import epath
 
-from galr_jax.checkpoints import PathLike, as_path
 from galr_jax.config import Config, config_from_saved, config_to_dict, save_config
 from galr_jax.training.checkpointer import check_model_config
+from galr_jax.training.checkpoints import PathLike, as_path
 
 CONFIG_FILE = "config.yaml"
 VERSIONS_FILE = "versions.json"

@@ -10,7 +10,7 @@ Usage::
 The file holds ``jax.export`` serializations of ``(weights, mixture [B, T], lengths [B])
 -> estimates [B, C, T]`` lowered for every platform asked for (default cpu, cuda and
 tpu: lowering needs no device), the weights, and the config; see
-:mod:`galr_jax.exported` for the format and the loader. The batch B is always symbolic.
+:mod:`galr_jax.inference.exported` for the format and the loader. The batch B is always symbolic.
 The length T is, with ``--lengths``:
 
 * ``symbolic``: any multiple of ``Q = window * segment_length / 2`` samples (800 =
@@ -41,11 +41,12 @@ import jax
 import jax.numpy as jnp
 from jax import export
 
-from galr_jax import exported, pretrained
-from galr_jax.checkpoints import CheckpointError, parse_which, restore_variables
+from galr_jax import pretrained
 from galr_jax.config import (Config, ConfigError, add_override_argument, config_from_dict,
                              config_to_dict, load_config, saved_config_dict)
+from galr_jax.inference import exported
 from galr_jax.models import build_model
+from galr_jax.training.checkpoints import CheckpointError, parse_which, restore_variables
 
 DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # the names jax.export lowers for
@@ -97,7 +98,7 @@ def export_functions(config: Config, variables: Any, platforms: Sequence[str],
       lengths: ``"symbolic"`` or input lengths in samples (see the module docstring).
 
     Returns:
-      ``(meta, serialized functions, flat weights)`` for :func:`galr_jax.exported.write`.
+      ``(meta, serialized functions, flat weights)`` for :func:`galr_jax.inference.exported.write`.
 
     Raises:
       SymbolicLengthError: ``lengths="symbolic"`` and the model needs a concrete length.

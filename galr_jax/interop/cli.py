@@ -1,13 +1,13 @@
 """Command line for moving weights between the PyTorch reference and Orbax checkpoints.
 
-    python -m galr_jax.convert torch-to-orbax model.pt --config configs/galr_1.5m.yaml \
+    python -m galr_jax.interop.cli torch-to-orbax model.pt --config configs/galr_1.5m.yaml \
         --out exported/
-    python -m galr_jax.convert orbax-to-torch runs/galr_1.5m --out galr.pt
-    python -m galr_jax.convert compare --workdir exported/ --torch model.pt --wav mixture.wav
+    python -m galr_jax.interop.cli orbax-to-torch runs/galr_1.5m --out galr.pt
+    python -m galr_jax.interop.cli compare --workdir exported/ --torch model.pt --wav mixture.wav
 
 ``torch-to-orbax`` writes a weights-only checkpoint directory that ``eval.py
---checkpoint`` and ``galr_jax.separate --workdir`` read. ``orbax-to-torch`` writes a
-``state_dict`` for :func:`galr_jax.torch_reference.build_torch_model` and the config
+--checkpoint`` and ``galr_jax.inference.cli --workdir`` read. ``orbax-to-torch`` writes a
+``state_dict`` for :func:`galr_jax.interop.torch_reference.build_torch_model` and the config
 beside it (``galr.yaml``). ``compare`` runs both frameworks on one file and reports,
 per source, the largest absolute difference and the SI-SNR of the PyTorch output
 against the JAX one.
@@ -31,15 +31,15 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from galr_jax import losses
-from galr_jax.checkpoints import (CheckpointError, parse_which, restore_variables,
-                                  save_variables)
 from galr_jax.cli_logging import configure_logging
 from galr_jax.config import ConfigError, add_override_argument, load_config, save_config
-from galr_jax.convert import ConversionError, flax_to_torch, torch_to_flax
 from galr_jax.data.audio import AudioError, read_audio
+from galr_jax.interop.convert import ConversionError, flax_to_torch, torch_to_flax
+from galr_jax.interop.torch_reference import build_torch_model
 from galr_jax.models import build_model
-from galr_jax.torch_reference import build_torch_model
+from galr_jax.training import losses
+from galr_jax.training.checkpoints import (CheckpointError, parse_which, restore_variables,
+                                           save_variables)
 
 EXIT_ERROR = 2
 EXIT_TOO_DIFFERENT = 1
@@ -178,7 +178,7 @@ def compare(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m galr_jax.convert",
+    parser = argparse.ArgumentParser(prog="python -m galr_jax.interop.cli",
                                      description="Move weights between PyTorch and Orbax.")
     commands = parser.add_subparsers(dest="command", required=True)
     to_orbax = commands.add_parser("torch-to-orbax", help="PyTorch state_dict -> Orbax checkpoint")
@@ -218,3 +218,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,7 +1,7 @@
 """Per-module parameter counts of a model config, without allocating any weights.
 
 Run:
-  python -m galr_jax.summary --config configs/galr_1.5m.yaml [--set model.features=128] [--torch]
+  python -m galr_jax.models.summary --config configs/galr_1.5m.yaml [--set model.features=128] [--torch]
 
 Prints one row per module (each block split into its two paths), then
 ``total_params_torch_convention N`` (what PyTorch reports: it keeps two biases per
@@ -93,7 +93,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     flax_total, torch_total, rows = count_params(config)
     print(format_table(rows))
     if args.torch:
-        from galr_jax.torch_reference import build_torch_model, count_parameters  # optional dep
+        from galr_jax.interop.torch_reference import build_torch_model, count_parameters  # needs torch
 
         reference = count_parameters(build_torch_model(config))
         print(f"torch_reference_params {reference}")

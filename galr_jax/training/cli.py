@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 # None of these imports jax, so --help stays fast.
 from galr_jax.cli_logging import configure_logging
 from galr_jax.config import ConfigError, add_override_argument, load_config
-from galr_jax.host_memory import keep_freed_memory_on_cpu
+from galr_jax.training.host_memory import keep_freed_memory_on_cpu
 
 EXIT_DIVERGED = 1
 EXIT_BAD_INPUT = 2
@@ -73,9 +73,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     configure_logging(logging.WARNING)  # Orbax logs every file it writes
     # Imported after parsing so --help is fast; jax must not touch devices before
     # jax.distributed.initialize.
-    from galr_jax.checkpoints import CheckpointError
     from galr_jax.data import AudioError, DatasetError
     from galr_jax.training import TrainingDiverged, initialize_distributed, train_and_evaluate
+    from galr_jax.training.checkpoints import CheckpointError
     from galr_jax.training.workdir import WorkdirError
 
     try:

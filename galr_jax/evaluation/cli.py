@@ -1,10 +1,10 @@
 """Scores a checkpoint on a test split: per-utterance CSV, summary JSON, a printed table.
 
-The scoring is :func:`galr_jax.evaluation.evaluate`, the code validation runs during
+The scoring is :func:`galr_jax.evaluation.scoring.evaluate`, the code validation runs during
 training, with the same buckets and batch size from the config; the SI-SNRi that
 ``eval.py`` reports for a checkpoint is therefore the number training logged for it on
 the same split. SI-SNR(i) is computed in JAX; SDR(i) with BSS-eval's 512-tap
-projection in :mod:`galr_jax.metrics` (numpy/scipy, checked against mir_eval there);
+projection in :mod:`galr_jax.evaluation.metrics` (numpy/scipy, checked against mir_eval there);
 PESQ and STOI are added when the ``pesq`` / ``pystoi`` packages are installed. The
 model runs on every local device (the batch is split over them) and is given each
 row's valid length, so the scores do not depend on ``eval.bucket_seconds``. Its calls
@@ -45,15 +45,16 @@ import numpy as np
 from etils import epath
 
 import galr_jax
-from galr_jax import evaluation, metrics, pretrained
-from galr_jax.checkpoints import (CheckpointError, PathLike, as_path, is_remote, parse_which,
-                                  restore_variables)
+from galr_jax import pretrained
 from galr_jax.cli_logging import configure_logging
 from galr_jax.config import (Config, ConfigError, add_override_argument, config_from_dict,
                              config_to_dict, load_config)
 from galr_jax.data import DatasetError, UtteranceReader, open_split
 from galr_jax.data.audio import AudioError, write_audio
+from galr_jax.evaluation import metrics, scoring
 from galr_jax.inference.apply import BatchedApply
+from galr_jax.training.checkpoints import (CheckpointError, PathLike, as_path, is_remote,
+                                           parse_which, restore_variables)
 
 EXIT_ERROR = 2  # usage, checkpoint, config or data error
 EVAL_SUBDIR = "eval"
@@ -63,7 +64,8 @@ SUMMARY_NAME = "summary.json"
 AUDIO_SUBDIR = "audio"
 METRIC_COLUMNS = ("si_snr", "si_snri", "sdr", "sdri", "pesq", "stoi")
 PRETRAINED_PREFIX = "pretrained:"  # summary.json's "checkpoint" for --model
-SDR_METHOD = "BSS-eval SDR, 512-tap distortion filter (galr_jax.metrics; agrees with mir_eval)"
+SDR_METHOD = ("BSS-eval SDR, 512-tap distortion filter (galr_jax.evaluation.metrics; "
+              "agrees with mir_eval)")
 
 
 def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -71,7 +73,7 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         description="Score a checkpoint on a test split (SI-SNRi, SDRi).")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--workdir", help="training workdir (uses WORKDIR/checkpoints)")
-    source.add_argument("--checkpoint", help="checkpoint directory (e.g. from galr_jax.convert); "
+    source.add_argument("--checkpoint", help="checkpoint directory (e.g. from galr-convert); "
                                              "needs --config and --out")
     source.add_argument("--model", metavar="NAME",
                         help="a pretrained model shipped with galr-jax (galr-separate "
@@ -158,16 +160,16 @@ def save_examples(apply: BatchedApply, examples: list, records: dict, config: Co
 def _write_examples(apply: BatchedApply, examples: list, records: dict, config: Config,
                     folder: str) -> None:
     rate = config.model.sample_rate
-    buckets = evaluation.buckets_in_samples(config.eval.bucket_seconds, rate)
-    rows = evaluation.padded_batch_size(config.eval.batch_size, apply.num_devices)
+    buckets = scoring.buckets_in_samples(config.eval.bucket_seconds, rate)
+    rows = scoring.padded_batch_size(config.eval.batch_size, apply.num_devices)
     for utterance in examples:
         length = utterance.mixture.shape[0]
-        padded_length = evaluation.bucket_length(length, buckets)
+        padded_length = scoring.bucket_length(length, buckets)
         batch = np.zeros((rows, padded_length), np.float32)
         batch[0, :length] = utterance.mixture
         lengths = np.zeros((rows,), np.int32)
         lengths[0] = length
-        estimates = apply(batch, evaluation.model_lengths(lengths, padded_length))
+        estimates = apply(batch, scoring.model_lengths(lengths, padded_length))
         estimates = estimates[0, :, :length][records[utterance.id]["permutation"]]
         write_audio(os.path.join(folder, f"{utterance.id}_mix.wav"), utterance.mixture, rate,
                     overwrite=True)
@@ -250,7 +252,7 @@ def evaluate_checkpoint(config: Config, variables: Any, meta: dict, split: str, 
     examples: list = []
     with UtteranceReader(dataset, num_workers=data.num_workers, prefetch=data.prefetch,
                          bad_files=data.bad_files, limit=max_utterances) as reader:
-        result = evaluation.evaluate(
+        result = scoring.evaluate(
             apply, _remember_first(reader, save_audio, examples), sample_rate=data.sample_rate,
             bucket_seconds=config.eval.bucket_seconds, batch_size=config.eval.batch_size,
             num_devices=apply.num_devices, compute_sdr=compute_sdr,

@@ -1,6 +1,6 @@
 """Builds a small speech-separation set in the wsj0-2mix layout from offline speech.
 
-    python -m galr_jax.demo_data --out data/demo [--seed 0] [--num-train 2000 --num-valid 200
+    python -m galr_jax.data.demo --out data/demo [--seed 0] [--num-train 2000 --num-valid 200
         --num-test 200 --sample-rate 8000 --num-speakers-per-mix 2 --seconds 4]
 
 Speech comes from two offline pools (see :mod:`galr_jax.data.voices`): seven real

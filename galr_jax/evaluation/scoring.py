@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from galr_jax import metrics
+from galr_jax.evaluation import metrics
 
 Utterance = Tuple[str, np.ndarray, np.ndarray]  # (id, mixture [T], sources [C, T])
 # (mixture [B, T_pad], lengths [B] int32) -> estimates [B, C, T_pad]

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m galr_jax.separate --workdir runs/demo mix1.wav recordings/ "calls/*.flac" \
+    python -m galr_jax.inference.cli --workdir runs/demo mix1.wav recordings/ "calls/*.flac" \
         --out separated/
     galr-separate --workdir runs/demo long_meeting.wav --out separated/ --pcm16
     galr-separate --exported galr.jaxexport mix1.wav --out separated/   # see galr-export
@@ -38,11 +38,11 @@ import soundfile as sf
 import tqdm
 
 from galr_jax import pretrained
-from galr_jax.checkpoints import CheckpointError, parse_which
 from galr_jax.cli_logging import configure_logging
 from galr_jax.config import COMPUTE_DTYPE_NAMES, config_from_saved
 from galr_jax.data.audio import AudioError
 from galr_jax.inference.separator import SeparationError, Separator
+from galr_jax.training.checkpoints import CheckpointError, parse_which
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aif", ".aiff", ".mp3")
 EXIT_FAILED_FILES = 1
@@ -134,7 +134,7 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--stream", action="store_true",
                         help="run a causal model as a live stream over each input (a file, "
                              "or - for raw 16-bit PCM on standard input) and report latency "
-                             "and real-time factor (galr_jax/stream_cli.py)")
+                             "and real-time factor (galr_jax/inference/stream_cli.py)")
     parser.add_argument("--block-ms", type=float, default=20.0,
                         help="--stream: milliseconds of input read per block (default 20)")
     args = parser.parse_args(argv)
@@ -181,7 +181,7 @@ def _separate_one(separator: Separator, path: str, destinations: list[str], args
 
 
 def _exported_separator(args) -> Separator:
-    from galr_jax.exported import load
+    from galr_jax.inference.exported import load
 
     if args.compute_dtype:
         raise ValueError("--compute-dtype: an exported model's dtype was fixed by galr-export")
@@ -204,7 +204,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     configure_logging(logging.ERROR)  # Orbax's read-only notices
     if args.stream:
-        from galr_jax.stream_cli import stream_files
+        from galr_jax.inference.stream_cli import stream_files
         return stream_files(args, output_paths)
     files, problems = expand_inputs(args.inputs)
     failures = [f"{item}: {problem}" for item, problem in problems]

@@ -1,7 +1,7 @@
 """Weight conversion between the PyTorch reference (``state_dict``) and the Flax model.
 
 One table, :data:`MODULES`, lists how each torch module of
-:mod:`galr_jax.torch_reference` corresponds to a Flax module of :mod:`galr_jax.models`
+:mod:`galr_jax.interop.torch_reference` corresponds to a Flax module of :mod:`galr_jax.models`
 and which layout conversion (``kind``) its parameters need. Layout conversions only
 transpose, split or merge; every result is then reshaped to the shape the target model
 expects (this is what turns a ``[D, D]`` kernel into Flax attention's
@@ -38,8 +38,8 @@ import numpy as np
 import torch
 
 from galr_jax.config import Config, ModelConfig
+from galr_jax.interop.torch_reference import build_torch_model
 from galr_jax.models import build_model
-from galr_jax.torch_reference import build_torch_model
 
 Arrays = Dict[str, np.ndarray]
 Shapes = Dict[str, Tuple[int, ...]]
@@ -359,13 +359,3 @@ def flax_to_torch(variables: Mapping[str, Any], config: Union[Config, ModelConfi
             converted[f"{torch_module}.{name}"] = array
     converted = _reshaped(converted, expected, "flax -> torch")
     return collections.OrderedDict((k, torch.from_numpy(converted[k])) for k in expected)
-
-
-def main(argv=None) -> int:
-    """``python -m galr_jax.convert`` and ``galr-convert``; see :mod:`galr_jax.interop_cli`."""
-    from galr_jax.interop_cli import main as cli_main  # imported here: the CLI imports this module
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

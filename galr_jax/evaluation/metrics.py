@@ -41,7 +41,7 @@ import scipy.fft
 import scipy.linalg
 import scipy.signal
 
-from galr_jax import losses
+from galr_jax.training import losses
 
 # BSS-eval's distortion filter length (taps); the value mir_eval and the WSJ0-2mix
 # literature use.

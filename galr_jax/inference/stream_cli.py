@@ -25,9 +25,9 @@ import time
 import numpy as np
 import soundfile as sf
 
-from galr_jax.checkpoints import CheckpointError, parse_which
 from galr_jax.inference.audio_io import open_input
 from galr_jax.inference.streaming import DEFAULT_MAX_SECONDS, StreamingSeparator
+from galr_jax.training.checkpoints import CheckpointError, parse_which
 
 STDIN = "-"
 _PCM16_SCALE = 32768.0
@@ -57,7 +57,7 @@ def _max_seconds(path: str) -> float:
 
 
 def stream_files(args, output_paths) -> int:
-    """Streams each input of ``args`` (parsed by :mod:`galr_jax.separate`); exit status."""
+    """Streams each input of ``args`` (parsed by :mod:`galr_jax.inference.cli`); exit status."""
     if args.exported or args.pcm16:
         print("error: --stream runs a causal model (--workdir or --model) and writes float WAV "
               "(--pcm16 scales by the whole signal's peak)", file=sys.stderr)
