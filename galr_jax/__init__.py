@@ -1,12 +1,17 @@
 """galr-jax: GALR (globally attentive, locally recurrent) speech separation in JAX/Flax.
 
 The model names are resolved on first use (PEP 562), so that importing a light
-submodule (``galr_jax.config``, ``galr_jax.training.host_memory``) does not import JAX:
-the command lines parse their arguments, and tune the host allocator, before JAX
-starts.
+submodule (``galr_jax.config``, ``galr_jax.training.host_memory``) does not import JAX: the
+command lines parse their arguments, and tune the host allocator, before JAX starts.
+
+Modules that used to sit here (``galr_jax.losses``, ``galr_jax.convert``,
+``galr_jax.exported``, ...) moved into the subpackages; their old names still import
+the same modules (:mod:`galr_jax._moved`).
 """
 
 import importlib
+
+from galr_jax import _lazy, _moved
 
 __version__ = "0.1.0"
 
@@ -20,14 +25,13 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
+_moved.install()
+_exported_name, __dir__ = _lazy.exports(__name__, _EXPORTS)
+
 
 def __getattr__(name):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'galr_jax' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+    # ``from galr_jax import exported`` and ``galr_jax.losses`` after ``import galr_jax``:
+    # a moved module, imported through its old name.
+    if f"{__name__}.{name}" in _moved.MOVED:
+        return importlib.import_module(f"{__name__}.{name}")
+    return _exported_name(name)
