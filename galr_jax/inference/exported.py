@@ -2,7 +2,7 @@
 
 Example::
 
-    from galr_jax import exported
+    from galr_jax.inference import exported   # or: from galr_jax import exported
     model = exported.load("model.jaxexport")
     estimates = model(mixture)               # [B, T] float32 -> [B, C, T] float32
     estimates = model(padded, lengths=n)     # rows padded to T, n[b] valid samples each

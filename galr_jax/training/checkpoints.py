@@ -1,5 +1,9 @@
 """Orbax checkpoints: layout, the manager used by training, and model-weight restore.
 
+What every reader of a checkpoint needs (inference, evaluation, conversion, release);
+saving and resuming a whole training run on top of it is
+:mod:`galr_jax.training.checkpointer`.
+
 A run's checkpoints live in ``WORKDIR/checkpoints/<step>/`` with three items:
 
 * ``params``      -- the Flax variables ``{'params': ...}`` (StandardSave); all that
