@@ -28,9 +28,22 @@ WORKDIR=${WORKDIR:-runs/demo}
 $PY -m galr_jax.data.demo --out "$DATA" ${DEMO_DATA_OPTIONS[@]+"${DEMO_DATA_OPTIONS[@]}"}
 $PY train.py --config configs/demo.yaml --workdir "$WORKDIR" --set data.root="$DATA" "$@"
 $PY eval.py --workdir "$WORKDIR" --data "$DATA" --split tt
+# The figure that says whether the model separates voices: the real-voice pool's held-out
+# speakers (docs/pretrained.md), real people from recording chains the demo's voices do not
+# include. The pool is built once, from the Debian speech packages scripts/setup.sh installs;
+# POOL_OPTIONS go to its builder (the test suite builds a small one).
+REAL_DATA=${REAL_DATA:-data/realpool}
+# shellcheck disable=SC2086  # POOL_OPTIONS are separate words
+if [ -d "$REAL_DATA/tt/mix" ] || $PY -m galr_jax.data.pool --out "$REAL_DATA" ${POOL_OPTIONS:-}; then
+  $PY eval.py --workdir "$WORKDIR" --data "$REAL_DATA" --split tt --out "$WORKDIR/eval/real_tt"
+  REAL_SCORES=" and $WORKDIR/eval/real_tt/summary.json (held-out real speakers)"
+else
+  echo "note: no real-voice pool (the Debian speech packages are missing), so no held-out real-speaker figure" >&2
+  REAL_SCORES=""
+fi
 # A glob, not `ls | head`: head exits after one line, ls then dies of SIGPIPE, and pipefail
 # ended the script here, before the separation, in most runs.
 mixtures=("$DATA"/tt/mix/*.wav)
 example=${mixtures[0]}
 $PY -m galr_jax.inference.cli --workdir "$WORKDIR" "$example" --out "$WORKDIR/separated" --force
-echo "Separated $example into $WORKDIR/separated/; scores in $WORKDIR/eval/tt/summary.json"
+echo "Separated $example into $WORKDIR/separated/; scores in $WORKDIR/eval/tt/summary.json$REAL_SCORES"
