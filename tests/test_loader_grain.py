@@ -12,7 +12,7 @@ import pytest
 
 from galr_jax.config import config_from_dict
 from galr_jax.data.augment import AugmentConfig, Augmenter
-from galr_jax.data.loader import TrainLoader
+from galr_jax.data.loader import PassOrder, TrainLoader
 from galr_jax.models import build_model
 from galr_jax.training import PlateauSchedule, TrainCheckpointer, abstract_train_state, make_optimizer
 from test_loader import C, CROP, RATE, decode_ramp, make_ramp_tree
@@ -129,3 +129,18 @@ def test_process_shards_are_disjoint_and_cover_every_example(ramps, process_coun
                   for shard in shards for batch in _take(shard, 0, steps)
                   for row in batch["sources"]]
     assert sorted(utterances) == list(range(len(LENGTHS)))
+
+
+def test_pass_order_permutes_each_pass_anew_and_survives_pickling():
+    import pickle
+    usable = np.array([2, 3, 5, 7, 11, 13, 17])
+    order = PassOrder(usable, seed=3, passes_per_epoch=2)
+    n = len(usable)
+    passes = [[order[q * n + i] for i in range(n)] for q in range(4)]
+    for p in passes:
+        assert sorted(p) == usable.tolist()
+    assert len({tuple(p) for p in passes}) == 4  # epochs 0-1, two passes each: all differ
+    copy = pickle.loads(pickle.dumps(order))  # what a grain worker process gets
+    assert [copy[i] for i in range(4 * n)] == [x for p in passes for x in p]
+    other_seed = PassOrder(usable, seed=4, passes_per_epoch=2)
+    assert [other_seed[i] for i in range(n)] != passes[0]
