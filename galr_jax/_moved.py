@@ -43,10 +43,15 @@ class _AliasLoader(importlib.abc.Loader):
     """Loads an old name as the module imported under its new name."""
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
-        return importlib.import_module(MOVED[spec.name])
+        module = importlib.import_module(MOVED[spec.name])
+        self.own_spec = module.__spec__
+        return module
 
     def exec_module(self, module: types.ModuleType) -> None:
-        """Nothing to run: the module ran when it was imported under its new name."""
+        """Nothing to run (the module ran when it was imported under its new name), but the
+        import machinery has just set the module's ``__spec__`` to the old name's: put its
+        own back, so that ``importlib.reload`` sees the new module."""
+        module.__spec__ = self.own_spec
 
     def get_code(self, fullname: str) -> Optional[types.CodeType]:
         """The new module's code: what ``python -m OLD_NAME`` runs (runpy asks for it)."""

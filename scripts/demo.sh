@@ -34,11 +34,12 @@ $PY eval.py --workdir "$WORKDIR" --data "$DATA" --split tt
 # POOL_OPTIONS go to its builder (the test suite builds a small one).
 REAL_DATA=${REAL_DATA:-data/realpool}
 # shellcheck disable=SC2086  # POOL_OPTIONS are separate words
-if [ -d "$REAL_DATA/tt/mix" ] || $PY -m galr_jax.data.pool --out "$REAL_DATA" ${POOL_OPTIONS:-}; then
+# info.json is written last, so a build that was interrupted is built again.
+if [ -f "$REAL_DATA/info.json" ] || $PY -m galr_jax.data.pool --out "$REAL_DATA" --overwrite ${POOL_OPTIONS:-}; then
   $PY eval.py --workdir "$WORKDIR" --data "$REAL_DATA" --split tt --out "$WORKDIR/eval/real_tt"
   REAL_SCORES=" and $WORKDIR/eval/real_tt/summary.json (held-out real speakers)"
 else
-  echo "note: no real-voice pool (the Debian speech packages are missing), so no held-out real-speaker figure" >&2
+  echo "note: the real-voice pool could not be built (the builder says why above; usually the Debian speech packages are missing), so there is no held-out real-speaker figure" >&2
   REAL_SCORES=""
 fi
 # A glob, not `ls | head`: head exits after one line, ls then dies of SIGPIPE, and pipefail

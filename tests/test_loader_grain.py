@@ -142,5 +142,11 @@ def test_pass_order_permutes_each_pass_anew_and_survives_pickling():
     assert len({tuple(p) for p in passes}) == 4  # epochs 0-1, two passes each: all differ
     copy = pickle.loads(pickle.dumps(order))  # what a grain worker process gets
     assert [copy[i] for i in range(4 * n)] == [x for p in passes for x in p]
+    # The order of the loader before grain, which the batches of every earlier run followed:
+    # pass p of epoch e permuted by the generator seeded (seed, 0, e, p).
+    for q, p in enumerate(passes):
+        epoch, pass_index = divmod(q, 2)
+        expected = usable[np.random.default_rng([3, 0, epoch, pass_index]).permutation(n)]
+        assert p == expected.tolist()
     other_seed = PassOrder(usable, seed=4, passes_per_epoch=2)
     assert [other_seed[i] for i in range(n)] != passes[0]

@@ -56,7 +56,6 @@ log = logging.getLogger(__name__)
 _ORDER_STREAM = 0
 _EXAMPLE_STREAM = 1
 _ORDER_CACHE_SIZE = 4  # pass permutations kept per process (threads share the current one)
-_MAX_SEED = 2 ** 32 - 1
 # An endless run still needs a length for grain's MapDataset; steps beyond it never come.
 _ENDLESS = sys.maxsize
 # Batches grain's last prefetch thread (which runs the device placement) keeps ready
@@ -436,7 +435,7 @@ class TrainLoader:
       batch_size: the global batch B over all processes (divisible by
         ``process_count``).
       crop_samples: T.
-      seed: base seed in ``[0, 2**32)``.
+      seed: base seed, 0 or more.
       short_utterances: ``'pad'`` zero-pads utterances shorter than T at the end;
         ``'drop'`` leaves them out. Either way they are counted (``num_short``).
       dynamic_mixing: build each example from the clean sources of C different
@@ -477,9 +476,9 @@ class TrainLoader:
             raise ValueError(f"short_utterances: {short_utterances!r} is not one of "
                              f"{', '.join(SHORT_POLICIES)}")
         _check_bad_files(bad_files)
-        if not 0 <= seed <= _MAX_SEED or crop_samples <= 0 or batch_size <= 0 \
+        if seed < 0 or crop_samples <= 0 or batch_size <= 0 \
                 or steps_per_epoch < 0:
-            raise ValueError(f"need 0 <= seed < 2**32, crop_samples > 0, batch_size > 0 and "
+            raise ValueError(f"need seed >= 0, crop_samples > 0, batch_size > 0 and "
                              f"steps_per_epoch >= 0; got {seed}, {crop_samples}, {batch_size}, "
                              f"{steps_per_epoch}")
         if not 0 <= process_index < process_count or batch_size % process_count:

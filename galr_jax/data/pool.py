@@ -400,6 +400,13 @@ class PoolRequest:
     espeak_sentences: int = ESPEAK_SENTENCES  # per synthetic voice; 0 leaves eSpeak out
 
 
+def _check_splits(counts: dict[str, int], missing: Sequence[str]) -> None:
+    for split, count in counts.items():
+        if count < 2:
+            raise SystemExit(f"split {split}: {count} speakers found, need 2; sources "
+                             f"missing: {', '.join(missing) or 'none'}")
+
+
 def _warn(message: str) -> None:
     print(f"{'!' * 78}\n{message}\n{'!' * 78}", file=sys.stderr, flush=True)
 
@@ -445,6 +452,9 @@ def build(request: PoolRequest, overwrite: bool = False) -> dict:
               + (f"Install with: apt-get install --no-install-recommends {' '.join(packages)}"
                  if packages else "pip install espeakng-loader"))
 
+    # Before any audio is read or synthesised: a split without two speakers stops the build.
+    _check_splits({s: sum(split_of(p) == s for p in speakers) for s in SPLITS}, missing)
+
     length = int(round(request.seconds * request.sample_rate))
     cache = os.path.join(request.out, POOL_DIR, f"{request.sample_rate}hz")
     rows, pools = [], {}
@@ -467,10 +477,7 @@ def build(request: PoolRequest, overwrite: bool = False) -> dict:
                      "licence": speaker.licence})
 
     by_split = {s: [r for r in rows if r["split"] == s] for s in SPLITS}
-    for split, members in by_split.items():
-        if len(members) < 2:
-            raise SystemExit(f"split {split}: {len(members)} speakers found, need 2; sources "
-                             f"missing: {', '.join(missing) or 'none'}")
+    _check_splits({s: len(m) for s, m in by_split.items()}, missing)
 
     # Training: every clean utterance once, paired with another speaker's.
     owners = [r["name"] for r in by_split["tr"] for _ in pools[r["name"]]]

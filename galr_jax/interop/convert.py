@@ -359,3 +359,14 @@ def flax_to_torch(variables: Mapping[str, Any], config: Union[Config, ModelConfi
             converted[f"{torch_module}.{name}"] = array
     converted = _reshaped(converted, expected, "flax -> torch")
     return collections.OrderedDict((k, torch.from_numpy(converted[k])) for k in expected)
+
+
+def main(argv=None) -> int:
+    """``galr-convert`` (:mod:`galr_jax.interop.cli`), also here for ``python -m
+    galr_jax.convert`` and the entry points of installs made before the layout move."""
+    from galr_jax.interop.cli import main as cli_main
+    return cli_main(argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
