@@ -18,14 +18,20 @@ export XLA_FLAGS=${XLA_FLAGS:---xla_force_host_platform_device_count=2}
 NO_AUG="data.augment_speed=0 data.augment_gain_db=0 data.augment_band_prob=0 data.augment_reverb_prob=0"
 declare -A CHANGE=(
   [galr_all]=""
+  # the same recipe from another seed: how far two runs differ with no change at all
+  [galr_all_seed1]="train.seed=1"
   [galr_noaug]="$NO_AUG"
   # 3 blocks, 46 hidden units: 310.7k parameters against GALR's 306.9k
   [dprnn_all]="model.separator=dprnn model.hidden=46"
   [galr_noreverb]="data.augment_reverb_prob=0"
   [galr_nospeed]="data.augment_speed=0"
   [galr_noband]="data.augment_band_prob=0"
+  [galr_nogain]="data.augment_gain_db=0"
+  # model size: the demo's 2 blocks (214k parameters) and 4 blocks (400k)
+  [galr_2blocks]="model.num_blocks=2"
+  [galr_4blocks]="model.num_blocks=4"
 )
-ORDER=(galr_all galr_noaug dprnn_all galr_noreverb galr_nospeed galr_noband)
+ORDER=(galr_all galr_all_seed1 galr_noaug dprnn_all galr_noreverb galr_nospeed galr_noband galr_nogain galr_2blocks galr_4blocks)
 runs=("$@")
 [ ${#runs[@]} -gt 0 ] || runs=("${ORDER[@]}")
 for run in "${runs[@]}"; do
