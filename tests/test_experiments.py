@@ -33,15 +33,17 @@ def _script_runs() -> tuple[dict[str, list[str]], list[str]]:
     return runs, order
 
 
+RUNS, ORDER = _script_runs()
+
+
 def test_every_run_is_in_the_order_and_the_table():
-    runs, order = _script_runs()
-    assert sorted(order) == sorted(runs), "ORDER and CHANGE must name the same runs"
-    assert "galr_all" in runs and runs["galr_all"] == []
+    assert sorted(ORDER) == sorted(RUNS), "ORDER and CHANGE must name the same runs"
+    assert "galr_all" in RUNS and RUNS["galr_all"] == []
 
 
-@pytest.mark.parametrize("run", _script_runs()[1])
+@pytest.mark.parametrize("run", ORDER)
 def test_run_overrides_build_a_valid_config(run):
-    overrides = _script_runs()[0][run]
+    overrides = RUNS[run]
     base = load_config(RECIPE)
     config = load_config(RECIPE, overrides)
     if overrides:
@@ -49,8 +51,7 @@ def test_run_overrides_build_a_valid_config(run):
 
 
 def test_model_size_runs_bracket_the_recipe_and_dprnn_matches_it():
-    runs, _ = _script_runs()
-    params = {run: count_params(load_config(RECIPE, runs[run]))[0]
+    params = {run: count_params(load_config(RECIPE, RUNS[run]))[0]
               for run in ("galr_all", "galr_2blocks", "galr_4blocks", "dprnn_all")}
     assert params["galr_2blocks"] < params["galr_all"] < params["galr_4blocks"]
     # "a DPRNN of about the same parameter count" (issue 20): within 2 %
@@ -58,8 +59,7 @@ def test_model_size_runs_bracket_the_recipe_and_dprnn_matches_it():
 
 
 def test_no_augmentation_run_turns_every_augmentation_off():
-    runs, _ = _script_runs()
-    data = load_config(RECIPE, runs["galr_noaug"]).data
+    data = load_config(RECIPE, RUNS["galr_noaug"]).data
     assert (data.augment_speed, data.augment_gain_db, data.augment_band_prob,
             data.augment_reverb_prob) == (0, 0, 0, 0)
 
